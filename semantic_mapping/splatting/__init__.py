@@ -1,0 +1,1 @@
+"""splatting stage."""
