@@ -47,6 +47,7 @@ class FrameGroundTruth:
     labels: np.ndarray  # [H, W] int32 class ids, ignore id where unlabelled
     instances: Optional[np.ndarray] = None  # [H, W] int32 instance ids, 0 = none
     depth_m: Optional[np.ndarray] = None  # [H, W] float32 noiseless depth, 0 = no surface
+    normals_cam: Optional[np.ndarray] = None  # [H, W, 3] float32 unit surface normals, camera frame
 
 
 @dataclass
