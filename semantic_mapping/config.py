@@ -37,6 +37,8 @@ class FusionConfig:
     """Hash blocks allocated up front; the map grows past this on demand."""
     device: str = "auto"
     """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."""
+    max_weight: int = 2000
+    """Observations a voxel's running averages remember at most (older ones fade)."""
     surface_weight_threshold: float = 2.0
     """Integrated weight a voxel needs before it counts as observed surface."""
     chunk_shape_voxels: tuple = (64, 64, 128)
@@ -110,6 +112,8 @@ class CameraConfig:
     """Principal point y, pixels."""
     rate_hz: float = 30.0
     """Frame rate."""
+    rgb_noise_std_levels: float = 2.0
+    """Standard deviation of the Gaussian noise added to each RGB channel, in 8-bit levels."""
 
 
 @dataclass
@@ -120,6 +124,44 @@ class SceneConfig:
     """Fewest rooms."""
     max_rooms: int = 3
     """Most rooms."""
+    min_room_size_m: float = 3.0
+    """Shortest side of a room's free interior."""
+    max_room_size_m: float = 8.0
+    """Longest side of a room's free interior."""
+    wall_height_min_m: float = 2.5
+    """Lowest floor-to-ceiling height."""
+    wall_height_max_m: float = 3.0
+    """Highest floor-to-ceiling height."""
+    wall_thickness_m: float = 0.1
+    """Thickness of every wall."""
+    slab_thickness_m: float = 0.1
+    """Thickness of the floor and ceiling slabs."""
+    door_width_min_m: float = 0.9
+    """Narrowest door opening."""
+    door_width_max_m: float = 1.1
+    """Widest door opening."""
+    door_height_m: float = 2.05
+    """Height of door openings."""
+    extra_door_prob: float = 0.3
+    """Chance of a further opening between two rooms that a doorway already connects."""
+    closed_door_prob: float = 0.5
+    """Chance that such a further opening holds a closed door rather than an open doorway."""
+    entrance_door_prob: float = 0.8
+    """Chance of a closed door in an outer wall."""
+    window_prob: float = 0.45
+    """Chance of each of up to two windows on every outer wall of a room."""
+    open_door_leaf_prob: float = 0.5
+    """Chance that a doorway has its door leaf standing open beside it."""
+    curtain_prob: float = 0.6
+    """Chance that a window gets a pair of curtains."""
+    robot_radius_m: float = 0.35
+    """Free-floor clearance that must connect a room's doors after furniture is placed."""
+    min_free_floor_fraction: float = 0.3
+    """Least fraction of a room's floor that stays reachable with that clearance."""
+    small_object_prob: float = 0.75
+    """Chance that a support surface (table, desk, counter, shelf) carries small objects."""
+    max_small_objects_per_surface: int = 4
+    """Most small objects on one support surface."""
 
 
 @dataclass
@@ -128,6 +170,38 @@ class TrajectoryConfig:
 
     num_frames: int = 300
     """Frames to render."""
+    start_stamp_ns: int = 1_000_000_000
+    """Stamp of the first frame."""
+    speed_min_m_s: float = 0.2
+    """Slowest cruising speed (the camera slows further only in tight turns)."""
+    speed_max_m_s: float = 0.5
+    """Fastest speed."""
+    height_min_m: float = 1.0
+    """Lowest camera height above the floor."""
+    height_max_m: float = 1.6
+    """Highest camera height above the floor."""
+    clearance_m: float = 0.4
+    """Planned distance from the camera to walls and furniture in the floor plan (doorways: as wide as they allow)."""
+    min_clearance_m: float = 0.3
+    """Hard lower bound on that distance anywhere on the smoothed path."""
+    waypoint_clearance_m: float = 0.8
+    """Preferred free space around the waypoints the path visits in each room."""
+    waypoints_per_10m2: float = 1.0
+    """Waypoints visited per 10 square metres of room floor (at least 2 per room)."""
+    look_around_deg: float = 45.0
+    """Largest yaw offset from the direction of travel when looking around."""
+    look_period_s: float = 8.0
+    """Typical period of the look-around motion."""
+    max_yaw_rate_deg_s: float = 60.0
+    """Largest yaw rate."""
+    pitch_deg: float = -12.0
+    """Mean camera pitch (negative looks down)."""
+    pitch_range_deg: float = 10.0
+    """Amplitude of the slow pitch variation."""
+    roll_range_deg: float = 3.0
+    """Amplitude of the slow roll variation (handheld wobble)."""
+    grid_cell_m: float = 0.05
+    """Cell size of the floor grid used for path planning."""
 
 
 @dataclass
@@ -136,6 +210,28 @@ class DepthNoiseConfig:
 
     quantize_mm: bool = True
     """Round depth to whole millimetres."""
+    sigma_base_m: float = 0.0012
+    """Depth noise standard deviation at `sigma_offset_m` (Kinect-like: base + quadratic * (z - offset)^2)."""
+    sigma_quadratic_per_m: float = 0.0019
+    """Growth of the depth noise standard deviation with the squared range."""
+    sigma_offset_m: float = 0.4
+    """Range at which the depth noise is smallest."""
+    min_range_m: float = 0.3
+    """Nearer surfaces give no return."""
+    max_range_m: float = 6.0
+    """Farther surfaces give no return."""
+    grazing_start_deg: float = 70.0
+    """Incidence angle (to the surface normal) beyond which returns start to go missing."""
+    grazing_end_deg: float = 85.0
+    """Incidence angle beyond which no return comes back."""
+    edge_jump_ratio: float = 0.04
+    """A depth jump to a 4-neighbour larger than this fraction of the depth marks an object edge."""
+    edge_dropout_prob: float = 0.7
+    """Chance that a pixel on an object edge has no return."""
+    edge_width_px: int = 1
+    """Half-width of the band around object edges where returns may go missing."""
+    random_dropout_prob: float = 0.002
+    """Chance that any pixel has no return."""
 
 
 @dataclass
@@ -144,6 +240,56 @@ class SegmenterSimConfig:
 
     target_miou: float = 0.62
     """Per-frame 2D mIoU the simulator is calibrated to."""
+    frame_miou_jitter: float = 0.03
+    """Std of a slowly varying offset added to the target of each frame (spread between frames)."""
+    frame_miou_period_s: float = 1.5
+    """Shortest period of that offset's variation over time (the longest is three times this)."""
+    work_width_px: int = 160
+    """Noise and class scores are computed at this image width and upsampled (network output stride)."""
+    boundary_bleed_px: float = 3.0
+    """Std of the smear of labels across object boundaries, in pixels of a 640-pixel-wide image."""
+    world_noise_scale_m: float = 0.4
+    """Correlation length of the noise field anchored in world space (consistent across views)."""
+    world_noise_weight: float = 1.0
+    """Weight of the world-anchored noise field."""
+    frame_noise_scale_frac: float = 0.15
+    """Correlation length of the per-frame image-space noise field, as a fraction of the image width."""
+    frame_noise_weight: float = 0.5
+    """Weight of the per-frame image-space noise field."""
+    frame_noise_period_s: float = 3.0
+    """Time over which the per-frame noise field decorrelates."""
+    other_class_weight: float = 0.2
+    """Noise towards classes unlike the true one, relative to classes confusable with it."""
+    absent_class_weight: float = 0.15
+    """Noise towards classes absent from the view's ground truth, relative to present ones."""
+    context_px: float = 24.0
+    """Std of the neighbourhood whose classes a pixel can be mistaken for, in pixels of a 640-pixel-wide image."""
+    context_weight: float = 1.0
+    """Weight of the neighbourhood's classes in the noise."""
+    instance_confusion_prob: float = 0.35
+    """Fraction of object instances with a persistent pull towards one confusable class."""
+    instance_confusion_max: float = 1.2
+    """Largest persistent pull (in units of the noise field's std)."""
+    instance_difficulty_std: float = 0.3
+    """Log-std of a persistent per-instance multiplier of the error rate."""
+    distance_ref_m: float = 1.5
+    """Errors start growing with distance beyond this depth."""
+    distance_gain_per_m: float = 0.35
+    """Added error multiplier per metre beyond `distance_ref_m`."""
+    grazing_gain: float = 2.0
+    """Added error multiplier at grazing view angles, times (1 - |cos(incidence)|)^2."""
+    border_gain: float = 1.0
+    """Added error multiplier at the image border, decaying inwards."""
+    border_width_frac: float = 0.06
+    """Decay length of the border term, as a fraction of the image width."""
+    partial_gain: float = 1.0
+    """Added error multiplier on objects, times the fraction of their outline cut by the border or occluders."""
+    small_object_gain: float = 1.0
+    """Added error multiplier on objects whose visible area is below `small_object_area_frac`."""
+    small_object_area_frac: float = 0.02
+    """Visible image-area fraction under which objects count as small."""
+    overconfidence: float = 1.0
+    """Multiplier of the calibrated inverse softmax temperature (1 = calibrated, > 1 overconfident)."""
 
 
 @dataclass
@@ -152,6 +298,24 @@ class MaskSimConfig:
 
     min_area_fraction: float = 0.03
     """Masks smaller than this fraction of the image are dropped (DiscoNeRF §7.1)."""
+    contained_fraction: float = 0.9
+    """A mask with at least this fraction of its area inside a larger mask is dropped (§7.1)."""
+    split_prob: float = 0.15
+    """Probability that a mask large enough for two surviving parts is split in two by a 3D plane."""
+    split_min_part_frac: float = 0.3
+    """Smallest share of a split mask's area that either part gets."""
+    merge_prob: float = 0.15
+    """Probability that a pair of touching objects comes out as one mask."""
+    touch_depth_m: float = 0.05
+    """Neighbouring pixels of two objects touch when their depths differ by less than this (plus 2 % of depth)."""
+    miss_prob: float = 0.3
+    """Probability of missing an object at the drop threshold, falling to 0 at `miss_area_fraction`."""
+    miss_area_fraction: float = 0.08
+    """Image-area fraction above which objects are never missed."""
+    stuff_masks: bool = True
+    """Also make masks of unlabelled-instance surfaces (walls, floor), one per class, plane and component."""
+    boundary_jitter_px: float = 2.0
+    """Scale of the random in-and-out wobble of mask boundaries, in pixels of a 640-pixel-wide image."""
 
 
 @dataclass

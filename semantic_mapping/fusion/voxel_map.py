@@ -1,0 +1,433 @@
+"""Sparse, chunked TSDF + colour + semantic voxel map.
+
+Open3D's tensor `VoxelBlockGrid` does the hashing, TSDF/colour integration, raycasting and
+meshing. The per-voxel class distribution is an extra attribute of the same grid, shared with
+torch through DLPack (no copies) and updated by `semantics.bayesian`.
+
+Voxel (i, j, k) has its centre at (i, j, k) * voxel_size_m in the world frame (z up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import open3d as o3d
+import open3d.core as o3c
+import torch
+from torch.utils.dlpack import from_dlpack
+
+from semantic_mapping.config import FusionConfig, SemanticFusionConfig, config_to_dict, resolve_device
+from semantic_mapping.geometry import invert_pose
+from semantic_mapping.semantics.bayesian import PixelSemantics, bayesian_update, decode_distribution
+from semantic_mapping.types import CameraIntrinsics, RenderedView
+
+log = logging.getLogger(__name__)
+
+MAP_FORMAT = "semantic_mapping.voxel_map"
+MAP_FORMAT_VERSION = 1
+
+# (name, Open3D dtype, channels); "semantic" gets C channels.
+_ATTRIBUTES = (
+    ("tsdf", o3c.float32, 1),  # signed distance / truncation, in [-1, 1]
+    ("weight", o3c.uint16, 1),  # integrated observations, capped at fusion.max_weight
+    ("color", o3c.uint16, 3),  # mean colour, 0..255
+    ("semantic", o3c.int16, None),  # fixed-point log-probs relative to the best class
+    ("semantic_count", o3c.int16, 1),  # semantic observations, saturating at 32767
+)
+
+
+_WEIGHT_CAP_PERIOD = 256
+"""Integrations between two weight caps; Open3D adds 1 per integration, so uint16 weights never wrap."""
+
+
+@dataclass
+class IntegrationStats:
+    """What one `integrate` call touched."""
+
+    blocks_touched: int
+    voxels_semantic_updated: int
+
+
+class VoxelMap:
+    """TSDF, weight, colour and class distribution over a sparse grid of 8^3-voxel blocks."""
+
+    def __init__(self, config: FusionConfig, num_classes: int, semantics: Optional[SemanticFusionConfig] = None):
+        self.config = config
+        self.semantics_config = semantics or SemanticFusionConfig()
+        self.num_classes = int(num_classes)
+        self.device = resolve_device(config.device)
+        if config.voxel_size_m is None:
+            self.voxel_size_m = 0.02 if self.device.startswith("cuda") else 0.04
+        else:
+            self.voxel_size_m = float(config.voxel_size_m)
+        if self.voxel_size_m <= 0 or config.sdf_trunc_voxels <= 0:
+            raise ValueError("fusion.voxel_size_m and fusion.sdf_trunc_voxels must be positive")
+        self.sdf_trunc_m = self.voxel_size_m * config.sdf_trunc_voxels
+        self.block_resolution = int(config.block_resolution)
+        self._o3d_device = o3c.Device("CUDA:" + self.device.split(":")[1] if self.device.startswith("cuda") else "CPU:0")
+        if not 0 < config.max_weight < 65535 - _WEIGHT_CAP_PERIOD:
+            raise ValueError(f"fusion.max_weight must be in (0, {65535 - _WEIGHT_CAP_PERIOD}), got {config.max_weight}")
+        self._grid = self._new_grid(config.initial_block_capacity)
+        self._integrations = 0
+        self._raycast_blocks_seen = 0
+
+    # ------------------------------------------------------------------ storage
+    def _new_grid(self, capacity: int) -> o3d.t.geometry.VoxelBlockGrid:
+        names, dtypes, channels = zip(*_ATTRIBUTES)
+        channels = tuple(self.num_classes if c is None else c for c in channels)
+        return o3d.t.geometry.VoxelBlockGrid(
+            attr_names=names,
+            attr_dtypes=dtypes,
+            attr_channels=channels,
+            voxel_size=self.voxel_size_m,
+            block_resolution=self.block_resolution,
+            block_count=max(int(capacity), 16),
+            device=self._o3d_device,
+        )
+
+    def attribute(self, name: str) -> torch.Tensor:
+        """Zero-copy torch view of an attribute: [capacity, R, R, R, channels] (R = block resolution)."""
+        return from_dlpack(self._grid.attribute(name).to_dlpack())
+
+    def _flat(self, name: str) -> torch.Tensor:  # [capacity * R^3, channels]
+        t = self.attribute(name)
+        return t.reshape(-1, t.shape[-1])
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self._grid.hashmap().size())
+
+    @property
+    def num_voxels(self) -> int:
+        """Voxels in allocated blocks."""
+        return self.num_blocks * self.block_resolution**3
+
+    def bytes_per_voxel(self) -> float:
+        """Storage per allocated voxel: attributes plus the amortised hash key and index of its block."""
+        payload = sum(
+            o3c.Tensor([0], dtype=dt).to(dt).numpy().itemsize * (self.num_classes if ch is None else ch)
+            for _, dt, ch in _ATTRIBUTES
+        )
+        key_and_index = 3 * 4 + 4 + 4  # int32 block key, buffer index, hash slot per block
+        return payload + key_and_index / self.block_resolution**3
+
+    def active_block_coords(self) -> o3c.Tensor:  # [B, 3] int32 block coordinates
+        hashmap = self._grid.hashmap()
+        return hashmap.key_tensor()[hashmap.active_buf_indices().to(o3c.int64)]
+
+    def _cap_weights(self) -> None:
+        """Clamp every voxel's weight at fusion.max_weight (keeps the map adaptable and uint16 safe)."""
+        weight = self.attribute("weight")
+        weight.copy_(weight.to(torch.int32).clamp_max(int(self.config.max_weight)).to(torch.uint16))
+
+    def reset(self) -> None:
+        """Forget everything."""
+        self._grid = self._new_grid(self.config.initial_block_capacity)
+
+    # ------------------------------------------------------------------ integration
+    def integrate(
+        self,
+        depth_m: np.ndarray,  # [H, W] float32 metres, 0 = invalid
+        rgb: np.ndarray,  # [H, W, 3] uint8
+        intrinsics: CameraIntrinsics,
+        T_world_cam: np.ndarray,  # [4, 4]
+        semantics: Optional[PixelSemantics] = None,
+    ) -> IntegrationStats:
+        """Fuse one frame's depth and colour (Open3D) and its semantics (Bayesian update)."""
+        cfg = self.config
+        depth_img = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth_m, dtype=np.float32))).to(self._o3d_device)
+        color_img = o3d.t.geometry.Image(o3c.Tensor(rgb.astype(np.float32) / 255.0)).to(self._o3d_device)
+        K = o3c.Tensor(intrinsics.K, o3c.float64)
+        T_cam_world = invert_pose(T_world_cam)
+        extrinsic = o3c.Tensor(T_cam_world, o3c.float64)
+        block_coords = self._grid.compute_unique_block_coordinates(
+            depth_img, K, extrinsic, 1.0, cfg.depth_max_m, trunc_voxel_multiplier=cfg.sdf_trunc_voxels
+        )
+        self._grid.integrate(
+            block_coords, depth_img, color_img, K, K, extrinsic, 1.0, cfg.depth_max_m,
+            trunc_voxel_multiplier=cfg.sdf_trunc_voxels,
+        )
+        self._integrations += 1
+        if self._integrations % _WEIGHT_CAP_PERIOD == 0:
+            self._cap_weights()
+        updated = 0
+        if semantics is not None:
+            updated = self._integrate_semantics(block_coords, depth_m, intrinsics, T_cam_world, semantics)
+        return IntegrationStats(blocks_touched=int(block_coords.shape[0]), voxels_semantic_updated=updated)
+
+    def _integrate_semantics(
+        self,
+        block_coords: o3c.Tensor,  # [B, 3] int32
+        depth_m: np.ndarray,  # [H, W]
+        intrinsics: CameraIntrinsics,
+        T_cam_world: np.ndarray,  # [4, 4]
+        semantics: PixelSemantics,
+    ) -> int:
+        """Bayesian update of voxels within one voxel of the observed surface."""
+        buf_indices, _ = self._grid.hashmap().find(block_coords)
+        voxel_coords, flat_indices = self._grid.voxel_coordinates_and_flattened_indices(buf_indices.to(o3c.int32))
+        points_world = from_dlpack(voxel_coords.to_dlpack())  # [N, 3] float32 metres
+        flat_indices = from_dlpack(flat_indices.to_dlpack())  # [N] int64
+        dev = points_world.device
+        T = torch.from_numpy(T_cam_world.astype(np.float32)).to(dev)
+        points_cam = points_world @ T[:3, :3].T + T[:3, 3]
+        z = points_cam[:, 2]
+        H, W = depth_m.shape
+        u = torch.round(points_cam[:, 0] / z * intrinsics.fx + intrinsics.cx)
+        v = torch.round(points_cam[:, 1] / z * intrinsics.fy + intrinsics.cy)
+        inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        pixel = (v[inside] * W + u[inside]).long()
+        depth = torch.from_numpy(np.ascontiguousarray(depth_m, dtype=np.float32)).reshape(-1).to(dev)
+        sdf_m = depth[pixel] - z[inside]
+        band_m = 1.5 * self.voxel_size_m  # surface voxel centres lie within ~0.87 voxel of the surface
+        near = (depth[pixel] > 0) & (sdf_m.abs() < band_m)
+        pixel = pixel[near]
+        voxels = flat_indices[inside][near]
+        weight = 1.0 - sdf_m[near].abs() / band_m
+        log_lik, kept = semantics.log_likelihood(pixel)
+        voxels, weight = voxels[kept], weight[kept]
+        if len(voxels) == 0:
+            return 0
+        sem = self._flat("semantic")
+        sem[voxels] = bayesian_update(sem[voxels], log_lik, weight, self.semantics_config.min_log_prob)
+        count = self._flat("semantic_count")
+        count[voxels] = (count[voxels].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
+        return int(len(voxels))
+
+    # ------------------------------------------------------------------ queries
+    def lookup(self, voxel_indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat storage indices of integer voxel indices [N, 3].
+
+        Returns (flat [N] int64, found [N] bool); flat is meaningless where not found.
+        """
+        R = self.block_resolution
+        idx = torch.from_numpy(np.ascontiguousarray(voxel_indices, dtype=np.int64))
+        block = torch.div(idx, R, rounding_mode="floor")
+        local = idx - block * R
+        keys = o3c.Tensor(block.to(torch.int32).numpy()).to(self._o3d_device)
+        buf, found = self._grid.hashmap().find(keys)
+        buf = from_dlpack(buf.to_dlpack()).long().cpu()
+        found = from_dlpack(found.to_dlpack()).bool().cpu()
+        flat = buf * R**3 + (local[:, 2] * R + local[:, 1]) * R + local[:, 0]
+        return flat, found
+
+    def voxel_values(self, voxel_indices: np.ndarray) -> dict:
+        """Per-voxel tsdf (metres), weight, colour, label, confidence, semantic count at integer indices [N, 3].
+
+        Unallocated voxels get weight 0 and label -1.
+        """
+        flat, found = self.lookup(voxel_indices)
+        n = len(flat)
+        out = {
+            "sdf_m": np.full(n, np.nan, np.float32),
+            "weight": np.zeros(n, np.float32),
+            "colors": np.zeros((n, 3), np.uint8),
+            "labels": np.full(n, -1, np.int32),
+            "confidence": np.zeros(n, np.float32),
+            "semantic_count": np.zeros(n, np.int32),
+        }
+        if found.any():
+            f = flat[found].to(self._flat("tsdf").device)
+            out["sdf_m"][found.numpy()] = (self._flat("tsdf")[f, 0] * self.sdf_trunc_m).cpu().numpy()
+            out["weight"][found.numpy()] = self._flat("weight")[f, 0].cpu().numpy()
+            out["colors"][found.numpy()] = self._flat("color")[f].to(torch.int32).clamp(0, 255).cpu().numpy()
+            counts = self._flat("semantic_count")[f, 0].to(torch.int32)
+            labels, conf = decode_distribution(self._flat("semantic")[f])
+            labels = torch.where(counts > 0, labels, torch.full_like(labels, -1))
+            out["labels"][found.numpy()] = labels.cpu().numpy()
+            out["confidence"][found.numpy()] = torch.where(counts > 0, conf, torch.zeros_like(conf)).cpu().numpy()
+            out["semantic_count"][found.numpy()] = counts.cpu().numpy()
+        return out
+
+    def surface_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """Zero crossings of the TSDF where observed: (points [N, 3] float32 metres, normals [N, 3])."""
+        if self.num_blocks == 0:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
+        pcd = self._grid.extract_point_cloud(weight_threshold=self.config.surface_weight_threshold)
+        if "positions" not in pcd.point or pcd.point.positions.shape[0] == 0:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
+        return pcd.point.positions.cpu().numpy(), pcd.point.normals.cpu().numpy()
+
+    def surface_voxel_indices(self) -> np.ndarray:
+        """Integer indices [N, 3] of the voxels the observed surface passes through."""
+        points, _ = self.surface_points()
+        return np.unique(np.round(points / self.voxel_size_m).astype(np.int32), axis=0)
+
+    def triangle_mesh(self) -> tuple[np.ndarray, np.ndarray]:
+        """Marching-cubes mesh of the observed surface: (vertices [V, 3] float32 metres, triangles [T, 3] int32)."""
+        if self.num_blocks == 0:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
+        mesh = self._grid.extract_triangle_mesh(weight_threshold=self.config.surface_weight_threshold)
+        if mesh.vertex.positions.shape[0] == 0:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
+        return mesh.vertex.positions.cpu().numpy(), mesh.triangle.indices.cpu().numpy().astype(np.int32)
+
+    def raycast(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, ignore_id: int = 255) -> RenderedView:
+        """Render depth, colour, labels and confidence of the map seen from a camera."""
+        W, H = intrinsics.width_px, intrinsics.height_px
+        empty = RenderedView(
+            depth_m=np.zeros((H, W), np.float32),
+            rgb=np.zeros((H, W, 3), np.uint8),
+            labels=np.full((H, W), ignore_id, np.int32),
+            confidence=np.zeros((H, W), np.float32),
+        )
+        if self.num_blocks == 0:
+            return empty
+        block_coords = self.active_block_coords()
+        if self.num_blocks > self._raycast_blocks_seen:
+            # Open3D sizes its range-map fragment buffer from earlier calls and returns an incomplete
+            # render on the call that has to grow it; a first pass over a grown map grows it.
+            self._raycast_once(block_coords, intrinsics, T_world_cam, ["depth"])
+            self._raycast_blocks_seen = self.num_blocks
+        result = self._raycast_once(block_coords, intrinsics, T_world_cam, ["depth", "index", "interp_ratio"])
+        depth = result["depth"].cpu().numpy()[..., 0]
+        hit = depth > 0
+        index = from_dlpack(result["index"].to_dlpack())[torch.from_numpy(hit)]  # [P, 8] int64
+        ratio = from_dlpack(result["interp_ratio"].to_dlpack())[torch.from_numpy(hit)]  # [P, 8]
+        ratio = ratio / ratio.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        depth[hit] = self._refine_hit_depth(depth, hit, index, intrinsics, T_world_cam)
+        color = (self._flat("color")[index].float() * ratio[..., None]).sum(dim=1)  # [P, 3]
+        # Semantics of the nearest of the 8 neighbours (interpolating C channels x 8 costs 8x more).
+        nearest = index.gather(1, ratio.argmax(dim=1, keepdim=True))[:, 0]  # [P]
+        observed = self._flat("semantic_count")[nearest, 0] > 0
+        labels, conf = decode_distribution(self._flat("semantic")[nearest])
+        empty.depth_m[hit] = depth[hit]
+        empty.rgb[hit] = color.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+        labels = torch.where(observed, labels, torch.full_like(labels, ignore_id))
+        empty.labels[hit] = labels.cpu().numpy()
+        empty.confidence[hit] = torch.where(observed, conf, torch.zeros_like(conf)).cpu().numpy()
+        return empty
+
+    def _refine_hit_depth(
+        self,
+        depth_m: np.ndarray,  # [H, W] Open3D's hit depth, 0 = no hit
+        hit: np.ndarray,  # [H, W] bool
+        index: torch.Tensor,  # [P, 8] flat indices of the cell corners around each hit (x fastest)
+        intrinsics: CameraIntrinsics,
+        T_world_cam: np.ndarray,
+        iterations: int = 3,
+    ) -> np.ndarray:  # [P] refined depth, metres
+        """Newton steps on the trilinear TSDF along each ray.
+
+        Open3D's ray marcher locates the zero crossing from nearest-voxel values, which leaves up
+        to half a voxel of bias; the cell corners it returns give the exact trilinear surface.
+        """
+        vs = self.voxel_size_m
+        v, u = np.nonzero(hit)
+        rays_cam = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, np.ones_like(u, float)], 1)
+        dirs = torch.from_numpy((rays_cam @ T_world_cam[:3, :3].T).astype(np.float32))  # [P, 3] per metre of depth
+        origin = torch.from_numpy(T_world_cam[:3, 3].astype(np.float32))
+        d = torch.from_numpy(depth_m[hit].astype(np.float32))
+        corner_sdf = self._flat("tsdf")[index.to(self._flat("tsdf").device), 0].float().cpu() * self.sdf_trunc_m  # [P, 8]
+        offsets = torch.tensor([[i & 1, (i >> 1) & 1, i >> 2] for i in range(8)], dtype=torch.float32)  # [8, 3]
+        cell = torch.floor((origin + d[:, None] * dirs) / vs)  # [P, 3] the cell Open3D interpolated in
+        for _ in range(iterations):
+            f = ((origin + d[:, None] * dirs) / vs - cell).clamp(0.0, 1.0)  # [P, 3]
+            w_axis = torch.where(offsets[None] > 0, f[:, None, :], 1.0 - f[:, None, :])  # [P, 8, 3]
+            sdf = (w_axis.prod(dim=2) * corner_sdf).sum(dim=1)  # [P]
+            sign = offsets * 2.0 - 1.0  # d w_axis / d f
+            grad = torch.stack(
+                [(sign[None, :, k] * w_axis[:, :, (k + 1) % 3] * w_axis[:, :, (k + 2) % 3] * corner_sdf).sum(dim=1) for k in range(3)],
+                dim=1,
+            ) / vs  # [P, 3] metres of sdf per metre
+            slope = (grad * dirs).sum(dim=1)
+            step = torch.where(slope.abs() > 1e-3, sdf / slope, torch.zeros_like(sdf)).clamp(-vs, vs)
+            d = d - step
+        return d.numpy()
+
+    def _raycast_once(self, block_coords, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, attributes: list) -> dict:
+        return self._grid.ray_cast(
+            block_coords,
+            o3c.Tensor(intrinsics.K, o3c.float64),
+            o3c.Tensor(invert_pose(T_world_cam), o3c.float64),
+            intrinsics.width_px, intrinsics.height_px,
+            render_attributes=attributes,
+            depth_scale=1.0,
+            depth_min=self.config.depth_min_m,
+            depth_max=self.config.depth_max_m * 2.0,
+            weight_threshold=self.config.surface_weight_threshold,
+            trunc_voxel_multiplier=self.config.sdf_trunc_voxels,
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def state_arrays(self) -> dict:
+        """Plain arrays of every allocated block (for saving)."""
+        hashmap = self._grid.hashmap()
+        buf = hashmap.active_buf_indices().to(o3c.int64)
+        arrays = {"block_coords": hashmap.key_tensor()[buf].cpu().numpy().astype(np.int32)}
+        buf_t = from_dlpack(buf.to_dlpack())
+        for name, _, _ in _ATTRIBUTES:
+            arrays["attr_" + name] = self.attribute(name)[buf_t].cpu().numpy()
+        return arrays
+
+    def load_state_arrays(self, arrays: dict) -> None:
+        """Replace the map's contents with saved block arrays."""
+        coords = np.ascontiguousarray(arrays["block_coords"], dtype=np.int32)
+        self._grid = self._new_grid(max(len(coords) * 2, self.config.initial_block_capacity))
+        if len(coords) == 0:
+            return
+        buf, ok = self._grid.hashmap().activate(o3c.Tensor(coords).to(self._o3d_device))
+        if not bool(ok.cpu().numpy().all()):
+            raise ValueError("map file holds duplicate block coordinates")
+        buf_t = from_dlpack(buf.to_dlpack()).long()
+        for name, _, _ in _ATTRIBUTES:
+            values = torch.from_numpy(np.ascontiguousarray(arrays["attr_" + name]))
+            target = self.attribute(name)
+            if values.shape[1:] != target.shape[1:]:
+                raise ValueError(f"map attribute {name!r} has shape {tuple(values.shape[1:])}, expected {tuple(target.shape[1:])}")
+            if target.dtype == torch.uint16:  # torch cannot index_put uint16; same bits as int16
+                target, values = target.view(torch.int16), values.view(torch.int16)
+            target[buf_t] = values.to(target.device)
+
+    def save(self, path: os.PathLike, extra_meta: Optional[dict] = None) -> None:
+        """Write the whole map to one .npz file atomically (no pickled objects)."""
+        meta = {
+            "format": MAP_FORMAT,
+            "version": MAP_FORMAT_VERSION,
+            "voxel_size_m": self.voxel_size_m,
+            "num_classes": self.num_classes,
+            "fusion": config_to_dict(self.config),
+            **(extra_meta or {}),
+        }
+        arrays = self.state_arrays()
+        arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        atomic_save_npz(Path(path), arrays)
+
+    @staticmethod
+    def read_file(path: os.PathLike) -> tuple[dict, dict]:
+        """(meta, arrays) of a saved map; raises ValueError on a foreign or newer file."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable map file ({exc})") from exc
+        if "meta_json" not in arrays:
+            raise ValueError(f"{path}: not a semantic_mapping map file (no metadata)")
+        meta = json.loads(arrays.pop("meta_json").tobytes().decode("utf-8"))
+        if meta.get("format") != MAP_FORMAT:
+            raise ValueError(f"{path}: format {meta.get('format')!r} is not {MAP_FORMAT!r}")
+        if int(meta.get("version", 0)) > MAP_FORMAT_VERSION:
+            raise ValueError(f"{path}: map format version {meta['version']} is newer than this build reads ({MAP_FORMAT_VERSION})")
+        return meta, arrays
+
+
+def atomic_save_npz(path: Path, arrays: dict) -> None:
+    """np.savez_compressed to a temporary file in the same folder, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

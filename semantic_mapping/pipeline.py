@@ -1,0 +1,224 @@
+"""The Mapper: validates frames, fuses them into the voxel map, and produces map outputs."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from semantic_mapping.config import MapperConfig, config_to_dict
+from semantic_mapping.fusion.outputs import build_labelled_voxels, build_mesh, build_traversability
+from semantic_mapping.fusion.voxel_map import VoxelMap
+from semantic_mapping.geometry import is_rigid_transform
+from semantic_mapping.semantics.bayesian import PixelSemantics
+from semantic_mapping.semantics.label_space import LabelSpace, default_label_space
+from semantic_mapping.types import (
+    CameraIntrinsics,
+    Frame,
+    LabelledVoxels,
+    RenderedView,
+    SemanticMesh,
+    TraversabilityGrid,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FrameRejected(ValueError):
+    """A frame that cannot be integrated; `reason` is a short counter key, the message says what to fix."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class MapperStats:
+    """Counters since the last reset."""
+
+    frames_integrated: int = 0
+    frames_rejected: collections.Counter = field(default_factory=collections.Counter)
+    pixels_cleaned: collections.Counter = field(default_factory=collections.Counter)
+    integrate_seconds_total: float = 0.0
+    last_stamp_ns: Optional[int] = None
+
+    @property
+    def frames_rejected_total(self) -> int:
+        return int(sum(self.frames_rejected.values()))
+
+
+@dataclass
+class IntegrationResult:
+    """Outcome of `Mapper.integrate`."""
+
+    accepted: bool
+    reason: str = ""
+    message: str = ""
+    seconds: float = 0.0
+
+
+def validate_frame(frame: Frame, num_classes: int, ignore_id: int, config: MapperConfig,
+                   last_stamp_ns: Optional[int]) -> tuple[Frame, dict]:
+    """Check a frame and clean what can be cleaned.
+
+    Returns (frame with cleaned depth/labels, {counter key: pixels cleaned}); raises FrameRejected
+    for what cannot be used: wrong dtypes or sizes, bad poses, stamps going backwards.
+    """
+    cleaned: dict = {}
+    depth = frame.depth_m
+    if not isinstance(depth, np.ndarray) or depth.ndim != 2:
+        raise FrameRejected("depth_shape", f"depth must be a 2-D array [H, W], got {getattr(depth, 'shape', type(depth))}")
+    if depth.dtype not in (np.float32, np.float64):
+        raise FrameRejected(
+            "depth_dtype",
+            f"depth must be float metres, got {depth.dtype}; divide 16UC1 millimetre depth by 1000 first",
+        )
+    H, W = depth.shape
+    rgb = frame.rgb
+    if not isinstance(rgb, np.ndarray) or rgb.shape != (H, W, 3):
+        raise FrameRejected("rgb_shape", f"rgb must be [H, W, 3] = {(H, W, 3)} like depth, got {getattr(rgb, 'shape', None)}")
+    if rgb.dtype != np.uint8:
+        raise FrameRejected("rgb_dtype", f"rgb must be uint8, got {rgb.dtype}")
+    intr = frame.intrinsics
+    if (intr.width_px, intr.height_px) != (W, H):
+        raise FrameRejected("intrinsics_size", f"intrinsics are for {intr.width_px}x{intr.height_px}, image is {W}x{H}")
+    if not (np.isfinite([intr.fx, intr.fy, intr.cx, intr.cy]).all() and intr.fx > 0 and intr.fy > 0):
+        raise FrameRejected("intrinsics_invalid", f"intrinsics must be finite with positive focal lengths: {intr}")
+    if not is_rigid_transform(np.asarray(frame.T_world_cam, dtype=np.float64), config.inputs.rigidity_tolerance):
+        raise FrameRejected("pose_invalid", "T_world_cam must be a finite 4x4 rigid transform (orthonormal rotation)")
+    if last_stamp_ns is not None and frame.stamp_ns < last_stamp_ns and not config.inputs.allow_stamp_rewind:
+        raise FrameRejected(
+            "stamp_backwards",
+            f"stamp {frame.stamp_ns} ns is older than the last integrated {last_stamp_ns} ns "
+            "(reset the map to replay, or set inputs.allow_stamp_rewind)",
+        )
+
+    depth = depth.astype(np.float32, copy=True)
+    bad = ~np.isfinite(depth) | (depth < 0)
+    far = np.isfinite(depth) & (depth > config.fusion.depth_max_m * 4.0)  # e.g. 65535 "no return" codes
+    if bad.any():
+        cleaned["depth_non_finite_or_negative"] = int(bad.sum())
+    if far.any():
+        cleaned["depth_out_of_range"] = int(far.sum())
+    depth[bad | far] = 0.0
+    if np.count_nonzero(depth) < config.inputs.min_valid_depth_fraction * depth.size:
+        raise FrameRejected("depth_empty", f"only {np.count_nonzero(depth)} of {depth.size} depth pixels are valid")
+
+    out = Frame(
+        rgb=rgb, depth_m=depth, intrinsics=intr, T_world_cam=np.asarray(frame.T_world_cam, dtype=np.float64),
+        stamp_ns=int(frame.stamp_ns), instance_masks=frame.instance_masks, ground_truth=frame.ground_truth,
+    )
+    if frame.class_probs is not None:
+        probs = frame.class_probs
+        if probs.shape != (H, W, num_classes):
+            raise FrameRejected("probs_shape", f"class_probs must be [H, W, C] = {(H, W, num_classes)}, got {probs.shape}")
+        probs = np.asarray(probs, dtype=np.float32)
+        if not np.isfinite(probs).all() or (probs < 0).any():
+            raise FrameRejected("probs_invalid", "class_probs hold negative or non-finite values")
+        out.class_probs = probs
+    elif frame.labels is not None:
+        labels = frame.labels
+        if labels.shape != (H, W):
+            raise FrameRejected("labels_shape", f"labels must be [H, W] = {(H, W)}, got {labels.shape}")
+        labels = labels.astype(np.int32, copy=True)
+        outside = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_id)
+        if outside.any():
+            cleaned["labels_outside_label_space"] = int(outside.sum())
+            labels[outside] = ignore_id
+        out.labels = labels
+        if frame.label_confidence is not None:
+            conf = frame.label_confidence
+            if conf.shape != (H, W):
+                raise FrameRejected("confidence_shape", f"label_confidence must be [H, W] = {(H, W)}, got {conf.shape}")
+            conf = np.nan_to_num(conf.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0).clip(0.0, 1.0)
+            out.label_confidence = conf
+    return out, cleaned
+
+
+class Mapper:
+    """Owns the voxel map and the per-stage state; turns frames into a semantic 3D map."""
+
+    def __init__(self, config: Optional[MapperConfig] = None, label_space: Optional[LabelSpace] = None, segmenter=None):
+        self.config = config or MapperConfig()
+        self.label_space = label_space or default_label_space()
+        self.segmenter = segmenter
+        self.map = VoxelMap(self.config.fusion, self.label_space.num_classes, self.config.semantics)
+        self.stats = MapperStats()
+        log.info(
+            "mapper: device %s, voxel %.3f m, semantics %s, segmenter %s",
+            self.map.device, self.map.voxel_size_m, self.config.semantics.method,
+            type(segmenter).__name__ if segmenter else "none (frames bring their own)",
+        )
+
+    @property
+    def voxel_size_m(self) -> float:
+        return self.map.voxel_size_m
+
+    def integrate(self, frame: Frame) -> IntegrationResult:
+        """Validate and fuse one frame. Bad frames are refused and counted; the map is never touched by them."""
+        start = time.perf_counter()
+        try:
+            clean, cleaned = validate_frame(
+                frame, self.label_space.num_classes, self.label_space.ignore_id, self.config, self.stats.last_stamp_ns
+            )
+            if not clean.has_semantics and self.segmenter is not None:
+                clean.class_probs = self.segmenter.predict(clean)
+                clean, _ = validate_frame(
+                    clean, self.label_space.num_classes, self.label_space.ignore_id, self.config, self.stats.last_stamp_ns
+                )
+        except FrameRejected as exc:
+            self.stats.frames_rejected[exc.reason] += 1
+            log.warning("frame at %s ns rejected (%s): %s", getattr(frame, "stamp_ns", "?"), exc.reason, exc)
+            return IntegrationResult(False, exc.reason, str(exc))
+        self.stats.pixels_cleaned.update(cleaned)
+        semantics = None
+        if clean.has_semantics:
+            semantics = PixelSemantics(clean, self.label_space.num_classes, self.config.semantics, self.map.device)
+        self.map.integrate(clean.depth_m, clean.rgb, clean.intrinsics, clean.T_world_cam, semantics)
+        seconds = time.perf_counter() - start
+        self.stats.frames_integrated += 1
+        self.stats.integrate_seconds_total += seconds
+        self.stats.last_stamp_ns = clean.stamp_ns
+        return IntegrationResult(True, seconds=seconds)
+
+    # ------------------------------------------------------------------ outputs
+    def labelled_voxels(self) -> LabelledVoxels:
+        return build_labelled_voxels(self.map, self.label_space)
+
+    def mesh(self) -> SemanticMesh:
+        return build_mesh(self.map, self.label_space)
+
+    def traversability(self) -> TraversabilityGrid:
+        return build_traversability(self.labelled_voxels(), self.label_space, self.config.outputs, self.voxel_size_m)
+
+    def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> RenderedView:
+        return self.map.raycast(intrinsics, T_world_cam, self.label_space.ignore_id)
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Empty the map and the counters."""
+        self.map.reset()
+        self.stats = MapperStats()
+
+    def save(self, path: os.PathLike) -> None:
+        """Write the map to one file atomically."""
+        self.map.save(path, extra_meta={
+            "label_names": list(self.label_space.names),
+            "semantics": config_to_dict(self.config.semantics),
+            "last_stamp_ns": self.stats.last_stamp_ns,
+        })
+
+    def load(self, path: os.PathLike) -> None:
+        """Replace the map with a saved one; refuses files of another voxel size or label space."""
+        meta, arrays = VoxelMap.read_file(path)
+        if list(meta.get("label_names", [])) != list(self.label_space.names):
+            raise ValueError(f"{path}: saved with label space {meta.get('label_names')}, this mapper uses {list(self.label_space.names)}")
+        if abs(float(meta["voxel_size_m"]) - self.voxel_size_m) > 1e-9:
+            raise ValueError(f"{path}: voxel size {meta['voxel_size_m']} m differs from this mapper's {self.voxel_size_m} m")
+        self.map.load_state_arrays(arrays)
+        self.stats = MapperStats(last_stamp_ns=meta.get("last_stamp_ns"))
