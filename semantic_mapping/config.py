@@ -158,6 +158,8 @@ class SceneConfig:
     """Free-floor clearance that must connect a room's doors after furniture is placed."""
     min_free_floor_fraction: float = 0.3
     """Least fraction of a room's floor that stays reachable with that clearance."""
+    furniture_fill_fraction: float = 0.3
+    """Furniture keeps being added until its footprints cover this fraction of a room's floor (or nothing fits)."""
     small_object_prob: float = 0.75
     """Chance that a support surface (table, desk, counter, shelf) carries small objects."""
     max_small_objects_per_surface: int = 4
@@ -181,17 +183,17 @@ class TrajectoryConfig:
     height_max_m: float = 1.6
     """Highest camera height above the floor."""
     clearance_m: float = 0.4
-    """Planned distance from the camera to walls and furniture in the floor plan (doorways: as wide as they allow)."""
+    """Preferred distance from the camera to walls and furniture in the floor plan; less only where unavoidable."""
     min_clearance_m: float = 0.3
-    """Hard lower bound on that distance anywhere on the smoothed path."""
+    """Hard lower bound on that distance anywhere on the path (doorways, gaps between furniture)."""
     waypoint_clearance_m: float = 0.8
     """Preferred free space around the waypoints the path visits in each room."""
     waypoints_per_10m2: float = 1.0
     """Waypoints visited per 10 square metres of room floor (at least 2 per room)."""
-    look_around_deg: float = 45.0
-    """Largest yaw offset from the direction of travel when looking around."""
-    look_period_s: float = 8.0
-    """Typical period of the look-around motion."""
+    look_around_deg: float = 70.0
+    """Largest yaw offset from the direction of travel when looking at things."""
+    look_period_s: float = 5.0
+    """Typical time spent looking at one thing (furniture, objects, pictures) before the next."""
     max_yaw_rate_deg_s: float = 60.0
     """Largest yaw rate."""
     pitch_deg: float = -12.0

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -23,6 +21,7 @@ import open3d.core as o3c
 import torch
 from torch.utils.dlpack import from_dlpack
 
+from semantic_mapping.atomic_files import atomic_save_npz
 from semantic_mapping.config import FusionConfig, SemanticFusionConfig, config_to_dict, resolve_device
 from semantic_mapping.geometry import invert_pose
 from semantic_mapping.semantics.bayesian import PixelSemantics, bayesian_update, decode_distribution
@@ -170,7 +169,12 @@ class VoxelMap:
         T_cam_world: np.ndarray,  # [4, 4]
         semantics: PixelSemantics,
     ) -> int:
-        """Bayesian update of voxels within one voxel of the observed surface."""
+        """Bayesian update of the voxels whose centre lies within one voxel of the observed surface.
+
+        Distances along the viewing ray overestimate the distance to a surface seen at a grazing
+        angle; the projective distance is scaled by |cos| of the angle between the ray and the
+        surface normal estimated from the depth image, so grazing floors get their surface voxels.
+        """
         buf_indices, _ = self._grid.hashmap().find(block_coords)
         voxel_coords, flat_indices = self._grid.voxel_coordinates_and_flattened_indices(buf_indices.to(o3c.int32))
         points_world = from_dlpack(voxel_coords.to_dlpack())  # [N, 3] float32 metres
@@ -182,15 +186,20 @@ class VoxelMap:
         H, W = depth_m.shape
         u = torch.round(points_cam[:, 0] / z * intrinsics.fx + intrinsics.cx)
         v = torch.round(points_cam[:, 1] / z * intrinsics.fy + intrinsics.cy)
-        inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        pixel = (v[inside] * W + u[inside]).long()
-        depth = torch.from_numpy(np.ascontiguousarray(depth_m, dtype=np.float32)).reshape(-1).to(dev)
-        sdf_m = depth[pixel] - z[inside]
-        band_m = 1.5 * self.voxel_size_m  # surface voxel centres lie within ~0.87 voxel of the surface
-        near = (depth[pixel] > 0) & (sdf_m.abs() < band_m)
-        pixel = pixel[near]
-        voxels = flat_indices[inside][near]
-        weight = 1.0 - sdf_m[near].abs() / band_m
+        inside = (z > 0) & (u >= 1) & (u < W - 1) & (v >= 1) & (v < H - 1)
+        u, v, z, flat_indices = u[inside].long(), v[inside].long(), z[inside], flat_indices[inside]
+        depth = torch.from_numpy(np.ascontiguousarray(depth_m, dtype=np.float32)).to(dev)  # [H, W]
+        d = depth[v, u]
+        sdf_m = d - z
+        candidate = (d > 0) & (sdf_m.abs() < self.sdf_trunc_m)
+        u, v, d, sdf_m, flat_indices = u[candidate], v[candidate], d[candidate], sdf_m[candidate], flat_indices[candidate]
+        cos = _view_cosine(depth, u, v, d, intrinsics)
+        band_m = self.voxel_size_m
+        perpendicular_m = sdf_m.abs() * cos
+        near = perpendicular_m < band_m
+        pixel = v[near] * W + u[near]
+        voxels = flat_indices[near]
+        weight = 1.0 - perpendicular_m[near] / band_m
         log_lik, kept = semantics.log_likelihood(pixel)
         voxels, weight = voxels[kept], weight[kept]
         if len(voxels) == 0:
@@ -294,9 +303,10 @@ class VoxelMap:
         ratio = ratio / ratio.sum(dim=1, keepdim=True).clamp_min(1e-6)
         depth[hit] = self._refine_hit_depth(depth, hit, index, intrinsics, T_world_cam)
         color = (self._flat("color")[index].float() * ratio[..., None]).sum(dim=1)  # [P, 3]
-        # Semantics of the nearest of the 8 neighbours (interpolating C channels x 8 costs 8x more).
-        nearest = index.gather(1, ratio.argmax(dim=1, keepdim=True))[:, 0]  # [P]
-        observed = self._flat("semantic_count")[nearest, 0] > 0
+        # Semantics of the nearest observed of the 8 neighbours (interpolating C channels x 8 costs 8x more).
+        corner_observed = self._flat("semantic_count")[index, 0] > 0  # [P, 8]
+        nearest = index.gather(1, (ratio + corner_observed).argmax(dim=1, keepdim=True))[:, 0]  # [P]
+        observed = corner_observed.any(dim=1)
         labels, conf = decode_distribution(self._flat("semantic")[nearest])
         empty.depth_m[hit] = depth[hit]
         empty.rgb[hit] = color.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
@@ -398,7 +408,7 @@ class VoxelMap:
         }
         arrays = self.state_arrays()
         arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-        atomic_save_npz(Path(path), arrays)
+        atomic_save_npz(path, arrays)
 
     @staticmethod
     def read_file(path: os.PathLike) -> tuple[dict, dict]:
@@ -418,16 +428,29 @@ class VoxelMap:
         return meta, arrays
 
 
-def atomic_save_npz(path: Path, arrays: dict) -> None:
-    """np.savez_compressed to a temporary file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _view_cosine(
+    depth: torch.Tensor,  # [H, W] metres
+    u: torch.Tensor,  # [N] int64 pixel columns, 1 <= u < W - 1
+    v: torch.Tensor,  # [N] int64 pixel rows
+    d: torch.Tensor,  # [N] depth at (v, u), metres
+    intrinsics: CameraIntrinsics,
+    min_cos: float = 0.2,
+) -> torch.Tensor:  # [N] |cos| between the viewing ray and the surface normal, in [min_cos, 1]
+    """Surface-normal cosine from central differences of the back-projected depth image.
+
+    Pixels whose neighbours are missing or across a depth jump get 1 (no correction).
+    """
+    def point(uu, vv):  # camera-frame point of pixels (uu, vv), [N, 3]
+        dd = depth[vv, uu]
+        return torch.stack([(uu - intrinsics.cx) / intrinsics.fx * dd, (vv - intrinsics.cy) / intrinsics.fy * dd, dd], 1), dd
+
+    right, d_r = point(u + 1, v)
+    left, d_l = point(u - 1, v)
+    down, d_d = point(u, v + 1)
+    up, d_u = point(u, v - 1)
+    normal = torch.cross(right - left, down - up, dim=1)
+    ray = torch.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, torch.ones_like(d)], 1)
+    cos = (normal * ray).sum(1).abs() / (normal.norm(dim=1) * ray.norm(dim=1)).clamp_min(1e-12)
+    neighbours = torch.stack([d_r, d_l, d_d, d_u], 1)
+    smooth = (neighbours > 0).all(1) & ((neighbours - d[:, None]).abs() < 0.05 * d[:, None] + 0.02).all(1)
+    return torch.where(smooth, cos.clamp(min_cos, 1.0), torch.ones_like(cos))

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from semantic_mapping.semantics.label_space import LabelSpace, default_label_space
-from semantic_mapping.sim.primitives import Solid, TextureSpec, points_inside, solid_aabb, solid_mesh
+from semantic_mapping.sim.primitives import TextureSpec, points_inside, solid_aabb, solid_mesh
 
 _HIDDEN_EPS_M = 1e-3  # a surface sample is hidden when this far along its normal lies inside a solid
 
@@ -235,6 +235,11 @@ class SceneMesh:
         return ("\n".join(header) + "\n").encode("ascii") + self.vertices.astype("<f4").tobytes() + faces.tobytes()
 
 
+def save_scene_mesh(mesh: SceneMesh, path: os.PathLike, label_space: Optional[LabelSpace] = None) -> None:
+    """Write `mesh` to `.npz` (complete, loadable) or `.ply` (per-face class, instance, class colour)."""
+    mesh.save(path, label_space)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -330,7 +335,12 @@ def _sample_triangles(tri: np.ndarray, spacing_m: float) -> tuple[np.ndarray, np
 
 
 def _hidden_samples(
-    mesh: SceneMesh, points_m: np.ndarray, tri: np.ndarray, tri_face: np.ndarray, sample_tri: np.ndarray, normals: np.ndarray
+    mesh: SceneMesh,
+    points_m: np.ndarray,
+    tri: np.ndarray,
+    tri_face: np.ndarray,
+    sample_tri: np.ndarray,
+    normals: np.ndarray,
 ) -> np.ndarray:
     """[N] bool: samples whose outside neighbourhood lies inside another solid or outside the interior."""
     probe = points_m + _HIDDEN_EPS_M * normals[tri_face[sample_tri]]  # [N, 3] just off the surface
@@ -386,8 +396,9 @@ def voxelize_surface(mesh: SceneMesh, voxel_size_m: float, samples_per_voxel: in
     )
     keys, pairs, counts = [], [], []
     budget = 3_000_000  # samples per batch
-    per_tri = np.maximum(1.0, (np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1) / 2)
-                         / spacing**2 * 1.5)
+    per_tri = np.maximum(
+        1.0, (np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1) / 2) / spacing**2 * 1.5
+    )
     bounds = np.searchsorted(np.cumsum(per_tri), np.arange(budget, per_tri.sum() + budget, budget))
     lo = 0
     for hi in np.unique(np.append(bounds, len(tri))):
@@ -452,7 +463,7 @@ def occupancy_grid(
 ) -> np.ndarray:
     """[X, Y, Z] bool complete occupancy of the voxels min_index + [0, shape).
 
-    A voxel is occupied when its centre lies inside a solid of the mesh or it is a surface voxel
+    A voxel is occupied when its centre lies inside or on a solid of the mesh or it is a surface voxel
     (`surface`, computed with `voxelize_surface` when not given).
     """
     min_index = np.asarray(min_index, np.int64)
@@ -465,7 +476,7 @@ def occupancy_grid(
         if np.any(hi <= lo):
             continue
         grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
-        inside = points_inside(int(kind), T, size, grid * voxel_size_m)
+        inside = points_inside(int(kind), T, size, grid * voxel_size_m, margin_m=-1e-6)  # boundary counts
         cells = grid[inside] - min_index
         occ[cells[:, 0], cells[:, 1], cells[:, 2]] = True
     if surface is None:

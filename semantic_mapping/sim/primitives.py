@@ -125,14 +125,9 @@ _BOX_CORNERS = np.array(
     [[x, y, z] for z in (-0.5, 0.5) for y in (-0.5, 0.5) for x in (-0.5, 0.5)], dtype=np.float64
 )  # [8, 3] unit cube, index = x + 2y + 4z
 _BOX_TRIANGLES = np.array(
-    [
-        [0, 2, 1], [1, 2, 3],  # bottom (-z)
-        [4, 5, 6], [5, 7, 6],  # top (+z)
-        [0, 1, 4], [1, 5, 4],  # front (-y)
-        [2, 6, 3], [3, 6, 7],  # back (+y)
-        [0, 4, 2], [2, 4, 6],  # left (-x)
-        [1, 3, 5], [3, 7, 5],  # right (+x)
-    ],
+    # two triangles per face: -z, +z, -y, +y, -x, +x
+    [[0, 2, 1], [1, 2, 3], [4, 5, 6], [5, 7, 6], [0, 1, 4], [1, 5, 4],
+     [2, 6, 3], [3, 6, 7], [0, 4, 2], [2, 4, 6], [1, 3, 5], [3, 7, 5]],  # fmt: skip
     dtype=np.int32,
 )  # [12, 3] counter-clockwise seen from outside
 
@@ -148,9 +143,7 @@ def cylinder_mesh(radius_m: float, height_m: float) -> tuple[np.ndarray, np.ndar
     ang = 2 * np.pi * np.arange(n) / n
     ring = np.stack([radius_m * np.cos(ang), radius_m * np.sin(ang)], axis=1)
     h = height_m / 2.0
-    verts = np.concatenate(
-        [np.c_[ring, np.full(n, -h)], np.c_[ring, np.full(n, h)], [[0.0, 0.0, -h], [0.0, 0.0, h]]]
-    )
+    verts = np.concatenate([np.c_[ring, np.full(n, -h)], np.c_[ring, np.full(n, h)], [[0.0, 0.0, -h], [0.0, 0.0, h]]])
     i = np.arange(n)
     j = (i + 1) % n
     bottom_c, top_c = 2 * n, 2 * n + 1
@@ -172,7 +165,9 @@ def solid_mesh(kind: int, size_m) -> tuple[np.ndarray, np.ndarray]:
     return cylinder_mesh(size_m[0] / 2.0, size_m[2])
 
 
-def points_inside(kind: int, T_world_solid: np.ndarray, size_m, points_m: np.ndarray, margin_m: float = 0.0) -> np.ndarray:
+def points_inside(
+    kind: int, T_world_solid: np.ndarray, size_m, points_m: np.ndarray, margin_m: float = 0.0
+) -> np.ndarray:
     """[N] bool: points [N, 3] strictly inside the solid shrunk by `margin_m` (negative grows it)."""
     local = (points_m - T_world_solid[:3, 3]) @ T_world_solid[:3, :3]
     half = np.asarray(size_m, dtype=np.float64) / 2.0 - margin_m
@@ -517,7 +512,9 @@ def _books(w, d, h, p) -> Shape:
     parts = []
     for k in range(count):
         f = 0.75 + 0.25 * ((k * 7) % 5) / 4
-        parts.append(box(-w / 2 + (k + 0.5) * bw, 0.0, 0.0, bw, d * (0.85 + 0.15 * (k % 2)), h * f, 0.7 + 0.15 * (k % 4)))
+        parts.append(
+            box(-w / 2 + (k + 0.5) * bw, 0.0, 0.0, bw, d * (0.85 + 0.15 * (k % 2)), h * f, 0.7 + 0.15 * (k % 4))
+        )
     return Shape(parts)
 
 

@@ -102,18 +102,18 @@ class TextureTable:
         return out
 
 
-def apply_depth_noise(depth_m: np.ndarray, normals_cam: np.ndarray, rays_cam: np.ndarray, config: DepthNoiseConfig,
-                      rng: np.random.Generator) -> np.ndarray:
+def apply_depth_noise(
+    depth_m: np.ndarray, cos_incidence: np.ndarray, config: DepthNoiseConfig, rng: np.random.Generator
+) -> np.ndarray:
     """Sensor depth from clean depth: Kinect-like noise and missing returns (0).
 
     depth_m: [H, W] float32 clean z-depth, 0 where nothing is hit.
-    normals_cam: [H, W, 3] unit normals facing the camera.  rays_cam: [H, W, 3] pixel rays with z = 1.
+    cos_incidence: [H, W] cosine of the angle between the viewing ray and the surface normal.
     Returns [H, W] float32 metres, 0 = no return.
     """
     valid = (depth_m >= config.min_range_m) & (depth_m <= config.max_range_m)
     # grazing incidence: drop with a probability rising from the start to the end angle
-    cos_inc = np.abs(np.sum(normals_cam * rays_cam, axis=2)) / np.linalg.norm(rays_cam, axis=2)
-    angle_deg = np.degrees(np.arccos(np.clip(cos_inc, 0.0, 1.0)))
+    angle_deg = np.degrees(np.arccos(np.clip(cos_incidence, 0.0, 1.0)))
     span = max(config.grazing_end_deg - config.grazing_start_deg, 1e-6)
     p_miss = np.clip((angle_deg - config.grazing_start_deg) / span, 0.0, 1.0)
     draw = rng.random(depth_m.shape, dtype=np.float32)
@@ -179,8 +179,10 @@ class SceneRenderer:
         self._textures = TextureTable({i: info.texture for i, info in mesh.instances.items()})
         K = self.intrinsics
         v, u = np.mgrid[0 : K.height_px, 0 : K.width_px].astype(np.float32)
-        self._rays_cam = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u)], axis=-1)  # [H, W, 3], z = 1
-        self._rays_cam_planar = np.ascontiguousarray(self._rays_cam.reshape(-1, 3).T)  # [3, N]
+        self._rays_cam_planar = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u)]).reshape(
+            3, -1
+        )  # [3, N], z = 1
+        self._ray_length = np.linalg.norm(self._rays_cam_planar, axis=0)  # [N] length of the z = 1 rays
         self._lights = (_LIGHT_DIRS * _LIGHT_WEIGHTS[:, None]).astype(np.float32)  # [3 lights, 3]
         self._gamma_lut = (255.0 * np.linspace(0.0, 1.0, 4096) ** _GAMMA).astype(np.float32)  # linear -> 8-bit levels
         # a fixed bank of standard normals: each frame's RGB noise is a random window of it (drawing
@@ -203,15 +205,16 @@ class SceneRenderer:
         face = np.where(hit, hits["primitive_ids"].numpy(), len(self.mesh.triangles)).astype(np.int64)
         depth = np.where(hit, t_hit, 0.0).astype(np.float32)  # [N] metres
         normals_world = np.ascontiguousarray(hits["primitive_normals"].numpy().T)  # [3, N]
-        flip = np.where(np.sum(normals_world * dirs_world, axis=0) > 0, -1.0, 1.0).astype(np.float32)
-        normals_world *= np.where(hit, flip, 0.0)
+        n_dot_ray = np.sum(normals_world * dirs_world, axis=0)  # [N]
+        normals_world *= np.where(hit, np.where(n_dot_ray > 0, -1.0, 1.0), 0.0).astype(np.float32)  # face the camera
 
         instances = self._face_instance[face]
         rgb = self._shade(origin[:, None] + dirs_world * depth, normals_world, face, instances, hit)  # [3, N]
         normals_cam = np.ascontiguousarray((R.T @ normals_world).T).reshape(H, W, 3)
         depth = depth.reshape(H, W)
         if rng is not None:
-            sensor_depth = apply_depth_noise(depth, normals_cam, self._rays_cam, self.depth_noise, rng)
+            cos_incidence = (np.abs(n_dot_ray) / self._ray_length).reshape(H, W)
+            sensor_depth = apply_depth_noise(depth, cos_incidence, self.depth_noise, rng)
             if self.camera.rgb_noise_std_levels > 0:
                 start = int(rng.integers(0, len(self._noise_bank) - rgb.size))
                 rgb += self.camera.rgb_noise_std_levels * self._noise_bank[start : start + rgb.size].reshape(rgb.shape)

@@ -185,7 +185,9 @@ class ObjectSpec:
 
     def local_bounds_m(self) -> np.ndarray:
         """[2, 3] (min, max) of the object's parts in its own frame."""
-        boxes = [solid_aabb(p.kind, p.T_obj_part, p.size_m) for p in make_shape(self.shape, self.size_m, self.params).parts]
+        boxes = [
+            solid_aabb(p.kind, p.T_obj_part, p.size_m) for p in make_shape(self.shape, self.size_m, self.params).parts
+        ]
         return np.stack([np.min([b[0] for b in boxes], 0), np.max([b[1] for b in boxes], 0)])
 
 
@@ -300,13 +302,7 @@ def _openings_on_side(room: RoomSpec, side: int, openings: list) -> list:
     out = []
     for o in openings:
         lo, hi = o.along_range_m()
-        if (
-            o.axis == axis
-            and room.room_id in o.rooms
-            and s0 - 1e-6 <= o.line_m <= s1 + 1e-6
-            and lo < a1
-            and hi > a0
-        ):
+        if o.axis == axis and room.room_id in o.rooms and s0 - 1e-6 <= o.line_m <= s1 + 1e-6 and lo < a1 and hi > a0:
             out.append(o)
     return sorted(out, key=lambda o: o.center_m)
 
@@ -556,7 +552,6 @@ class _Generator:
                 break
         else:
             raise RuntimeError(f"no room layout found for {cfg}")
-        self.house = (0.0, 0.0, W, D)
         order = np.argsort([b[0] * 1000 + b[1] for b, _ in interiors])
         kinds = self._room_kinds([interiors[i][0] for i in order])
         for room_id, i in enumerate(order):
@@ -570,7 +565,9 @@ class _Generator:
                     wall_thickness_m=_round_tuple(thick, 6),
                     floor=self._floor_surface(kinds[room_id]),
                     wall=self._wall_surface(),
-                    ceiling=SurfaceSpec(self.new_id(), _hsv(rng, *_PALETTES["white"]), self.texture("noise", 0.6, 0.04)),
+                    ceiling=SurfaceSpec(
+                        self.new_id(), _hsv(rng, *_PALETTES["white"]), self.texture("noise", 0.6, 0.04)
+                    ),
                 )
             )
             self.blockers[room_id] = []
@@ -621,7 +618,9 @@ class _Generator:
         rng = self.rng
         albedo = _hsv(rng, *_PALETTES["wall"])
         if rng.random() < 0.25:
-            tex = self.texture("stripes", rng.uniform(0.1, 0.3), rng.uniform(0.05, 0.12), (rng.normal(), rng.normal(), 0.0))
+            tex = self.texture(
+                "stripes", rng.uniform(0.1, 0.3), rng.uniform(0.05, 0.12), (rng.normal(), rng.normal(), 0.0)
+            )
         else:
             tex = self.texture("noise", rng.uniform(0.3, 0.8), rng.uniform(0.04, 0.1))
         return SurfaceSpec(self.new_id(), albedo, tex)
@@ -722,8 +721,14 @@ class _Generator:
         elif kind == "window":
             albedo = _hsv(rng, *_PALETTES["glass"])
             self._add_object(
-                "window", "window_pane", (xy[0], xy[1], bottom), yaw, (width, self.t, top - bottom),
-                (albedo, self.texture("plain", 1.0, 0.0)), {}, rooms[0],
+                "window",
+                "window_pane",
+                (xy[0], xy[1], bottom),
+                yaw,
+                (width, self.t, top - bottom),
+                (albedo, self.texture("plain", 1.0, 0.0)),
+                {},
+                rooms[0],
             )
         elif rng.random() < self.cfg.open_door_leaf_prob:
             self._open_leaf(o)
@@ -749,7 +754,9 @@ class _Generator:
         yaw = (0.0 if o.axis == 0 else math.pi / 2) + (0.0 if sgn > 0 else math.pi)
         xy = (n_center, u_center) if o.axis == 0 else (u_center, n_center)
         albedo, tex = self._door_look()
-        leaf = ObjectSpec(0, "door", "door_leaf", (xy[0], xy[1], 0.0), yaw, (w, 0.04, o.top_m), albedo, tex, {}, room.room_id)
+        leaf = ObjectSpec(
+            0, "door", "door_leaf", (xy[0], xy[1], 0.0), yaw, (w, 0.04, o.top_m), albedo, tex, {}, room.room_id
+        )
         if self._fits(room, leaf):
             self._add_object("door", "door_leaf", leaf.position_m, yaw, leaf.size_m, (albedo, tex), {}, room.room_id)
 
@@ -762,14 +769,20 @@ class _Generator:
         else:
             depth, extra, z0, z1 = 1.0, 0.3, 0.0, self.H
         n_center = face + sgn * depth / 2
-        half = np.array([depth / 2, o.width_m / 2 + extra]) if o.axis == 0 else np.array([o.width_m / 2 + extra, depth / 2])
+        half = (
+            np.array([depth / 2, o.width_m / 2 + extra])
+            if o.axis == 0
+            else np.array([o.width_m / 2 + extra, depth / 2])
+        )
         center = np.array([n_center, o.center_m]) if o.axis == 0 else np.array([o.center_m, n_center])
         self.blockers[room.room_id].append((_Box(center, half, 0.0, z0, z1), self.next_zone))
         if o.kind == "window":
             self.window_zones.add(self.next_zone)
         self.next_zone -= 1
         if o.kind != "window":
-            anchor = np.array([face + sgn * 0.5, o.center_m]) if o.axis == 0 else np.array([o.center_m, face + sgn * 0.5])
+            anchor = (
+                np.array([face + sgn * 0.5, o.center_m]) if o.axis == 0 else np.array([o.center_m, face + sgn * 0.5])
+            )
             self.anchors[room.room_id].append(anchor)
 
     # ------------------------------------------------------------------------- objects
@@ -793,12 +806,12 @@ class _Generator:
             self.blockers[room_id].append((footprint_box(obj), obj.instance_id))
         return obj
 
-    def _fits(self, room: RoomSpec, obj: ObjectSpec, ignore=(), margin_m: float = 0.03, in_room: bool = True) -> bool:
+    def _fits(self, room: RoomSpec, obj: ObjectSpec, ignore=(), margin_m: float = 0.03) -> bool:
+        """Inside the room, under the ceiling, clear of placed objects (by margin_m) and reserved zones."""
         box = footprint_box(obj)
-        if in_room:
-            corners = box.corners()
-            if np.any(corners < np.array(room.min_xy_m) - 1e-6) or np.any(corners > np.array(room.max_xy_m) + 1e-6):
-                return False
+        corners = box.corners()
+        if np.any(corners < np.array(room.min_xy_m) - 1e-6) or np.any(corners > np.array(room.max_xy_m) + 1e-6):
+            return False
         if box.z1 > self.H - 0.02:
             return False
         for other, owner in self.blockers[room.room_id]:
@@ -814,7 +827,9 @@ class _Generator:
         lo = np.array(room.min_xy_m) - cell
         shape = tuple(np.ceil((np.array(room.max_xy_m) - lo + cell) / cell).astype(int) + 1)
         boxes = [b for b, owner in self.blockers[room.room_id] if owner > 0 and b.z0 < 1.8]
-        grid = _rasterize(lo, shape, cell, [(room.room_id, np.array(room.min_xy_m), np.array(room.max_xy_m))], [], boxes)
+        grid = _rasterize(
+            lo, shape, cell, [(room.room_id, np.array(room.min_xy_m), np.array(room.max_xy_m))], [], boxes
+        )
         ok = grid.clearance_m >= self.cfg.robot_radius_m
         labels, _ = ndimage.label(ok, structure=np.ones((3, 3)))
         anchors = self.anchors[room.room_id]
@@ -829,16 +844,26 @@ class _Generator:
             component = int(counts.argmax())
         return (labels == component).sum() * cell * cell >= self.cfg.min_free_floor_fraction * room.area_m2
 
-    def _try(self, room: RoomSpec, make, attempts: int = 40, walk_check: bool = True, ignore=()) -> Optional[ObjectSpec]:
-        """Place the first candidate from make() that fits; make() returns (class, shape, pos, yaw, size, look, params)."""
+    def _try(self, room: RoomSpec, make, attempts: int = 40, walk_check: bool = True) -> Optional[ObjectSpec]:
+        """Place the first fitting candidate of make() -> (class, shape, pos, yaw, size, look, params) or None."""
         for _ in range(attempts):
             cand = make()
             if cand is None:
                 continue
             cls_name, shape, pos, yaw, size, look, params = cand
-            obj = ObjectSpec(0, cls_name, shape, _round_tuple(pos, 5), round(float(yaw), 6), _round_tuple(size, 4),
-                             look[0], look[1], params, room.room_id)
-            if not self._fits(room, obj, ignore):
+            obj = ObjectSpec(
+                0,
+                cls_name,
+                shape,
+                _round_tuple(pos, 5),
+                round(float(yaw), 6),
+                _round_tuple(size, 4),
+                look[0],
+                look[1],
+                params,
+                room.room_id,
+            )
+            if not self._fits(room, obj):
                 continue
             placed = self._add_object(cls_name, shape, pos, yaw, size, look, params, room.room_id)
             if walk_check and not self._walkable(room):
@@ -852,26 +877,24 @@ class _Generator:
         self.blockers[room.room_id] = [(b, o) for b, o in self.blockers[room.room_id] if o != obj.instance_id]
         self.next_id -= 1
 
-    def _against_wall(self, room: RoomSpec, width: float, depth: float, side: Optional[int] = None, gap_m: float = 0.02,
-                      along: Optional[float] = None) -> tuple:
-        """(x, y, yaw) of an object of `width` x `depth` with its back against a wall, front into the room."""
+    def _against_wall(
+        self, room: RoomSpec, width: float, depth: float, side: Optional[int] = None, gap_m: float = 0.02
+    ) -> Optional[tuple]:
+        """(x, y, yaw) of an object `width` x `depth` with its back `gap_m` off a wall (random side when None).
+
+        None when the wall is shorter than the object.
+        """
         rng = self.rng
         side = int(rng.integers(4)) if side is None else side
         (x0, y0), (x1, y1) = room.min_xy_m, room.max_xy_m
-        normals = {0: (1.0, 0.0), 1: (-1.0, 0.0), 2: (0.0, 1.0), 3: (0.0, -1.0)}
-        nx, ny = normals[side]
-        if side < 2:
-            lo, hi = y0 + width / 2, y1 - width / 2
-            u = float(rng.uniform(lo, hi)) if along is None else along
-            x = (x0 if side == 0 else x1) + nx * (gap_m + depth / 2)
-            xy = (x, u)
-        else:
-            lo, hi = x0 + width / 2, x1 - width / 2
-            u = float(rng.uniform(lo, hi)) if along is None else along
-            y = (y0 if side == 2 else y1) + ny * (gap_m + depth / 2)
-            xy = (u, y)
+        nx, ny = {0: (1.0, 0.0), 1: (-1.0, 0.0), 2: (0.0, 1.0), 3: (0.0, -1.0)}[side]
+        lo, hi = (y0, y1) if side < 2 else (x0, x1)
+        if hi - lo < width:
+            return None
+        u = float(rng.uniform(lo + width / 2, hi - width / 2))
+        n = {0: x0, 1: x1, 2: y0, 3: y1}[side] + (nx + ny) * (gap_m + depth / 2)
         yaw = math.atan2(ny, nx) - math.pi / 2  # object +y (front) along the inward normal
-        return xy[0], xy[1], yaw, side
+        return (n, u, yaw) if side < 2 else (u, n, yaw)
 
     def _look(self, palette: str, texture: str = "auto", yaw: float = 0.0) -> tuple:
         rng = self.rng
@@ -900,6 +923,7 @@ class _Generator:
         }[room.kind]
         self._curtains(room)
         programme(room)
+        self._fill(room)
         if room.kind != "bathroom" and self.rng.random() < 0.6:
             self._floor_item(room, "object", "plant")
         if self.rng.random() < 0.5:
@@ -908,26 +932,123 @@ class _Generator:
         for _ in range(int(self.rng.integers(1, 4)) if room.kind != "bathroom" else 1):
             self._picture(room)
 
-    def _wall_item(self, room, class_name, shape, size, look_palette, params=None, side=None, gap=0.02,
-                   attempts=40, walk_check=True):
+    def _fill(self, room: RoomSpec) -> None:
+        """Add room-typical furniture until `furniture_fill_fraction` of the floor is covered or nothing fits."""
+        rng = self.rng
+        extras = {  # item -> how many more at most
+            "living": {
+                "cabinet": 2,
+                "bookshelf": 1,
+                "armchair": 2,
+                "side_table": 2,
+                "dresser": 1,
+                "chair": 2,
+                "stool": 1,
+            },
+            "bedroom": {"wardrobe": 1, "dresser": 1, "chair": 1, "bookshelf": 1, "side_table": 1, "cabinet": 1},
+            "kitchen": {"cabinet": 2, "wardrobe": 1, "stool": 2, "chair": 1, "side_table": 1},
+            "office": {"bookshelf": 2, "cabinet": 2, "desk": 1, "chair": 2, "side_table": 1, "wardrobe": 1},
+            "dining": {"cabinet": 2, "chair": 2, "bookshelf": 1, "dresser": 1, "side_table": 1},
+            "bathroom": {"cabinet": 1, "stool": 1},
+            "studio": {
+                "cabinet": 2,
+                "bookshelf": 1,
+                "armchair": 1,
+                "chair": 1,
+                "dresser": 1,
+                "stool": 1,
+                "side_table": 1,
+            },
+        }[room.kind]
+        builders = {
+            "cabinet": lambda: self._cabinet(room, drawers=int(rng.integers(0, 4))),
+            "wardrobe": lambda: self._cabinet(room, tall=True),
+            "bookshelf": lambda: self._bookshelf(room),
+            "dresser": lambda: self._wall_item(
+                room,
+                "otherfurniture",
+                "cabinet",
+                (rng.uniform(0.6, 1.4), 0.45, rng.uniform(0.7, 1.1)),
+                "wood",
+                {"drawers": int(rng.integers(2, 5))},
+            ),
+            "armchair": lambda: self._wall_item(
+                room, "sofa", "sofa", (rng.uniform(0.8, 1.0), rng.uniform(0.8, 0.9), 0.8), "fabric", gap=0.05
+            ),
+            "side_table": lambda: self._wall_item(
+                room,
+                "table",
+                "table",
+                (rng.uniform(0.4, 0.8), rng.uniform(0.4, 0.6), rng.uniform(0.5, 0.75)),
+                "wood",
+                {"leg_m": 0.04, "round": bool(rng.random() < 0.3)},
+            ),
+            "stool": lambda: self._wall_item(
+                room, "otherfurniture", "stool", (0.36, 0.36, rng.uniform(0.45, 0.75)), "wood", gap=0.1
+            ),
+            "desk": lambda: self._desk_with_chair(room),
+            "chair": lambda: self._wall_item(
+                room,
+                "chair",
+                "chair",
+                self._chair_size(),
+                "wood" if rng.random() < 0.5 else "fabric",
+                self._chair_params(),
+                gap=0.05,
+            ),
+        }
+        while extras and self._covered_fraction(room) < self.cfg.furniture_fill_fraction:
+            item = str(rng.choice(sorted(extras)))
+            extras[item] -= 1
+            if builders[item]() is None or extras[item] == 0:
+                del extras[item]
+
+    def _covered_fraction(self, room: RoomSpec) -> float:
+        area = sum(
+            4 * b.half_xy[0] * b.half_xy[1] for b, owner in self.blockers[room.room_id] if owner > 0 and b.z0 < 0.1
+        )
+        return area / room.area_m2
+
+    def _wall_item(
+        self,
+        room,
+        class_name,
+        shape,
+        size,
+        look_palette,
+        params=None,
+        side=None,
+        gap=0.02,
+        attempts=40,
+        walk_check=True,
+    ):
         w, d, h = size
 
         def make():
-            x, y, yaw, _ = self._against_wall(room, w, d, side, gap)
+            spot = self._against_wall(room, w, d, side, gap)
+            if spot is None:
+                return None
+            x, y, yaw = spot
             return class_name, shape, (x, y, 0.0), yaw, size, self._look(look_palette, yaw=yaw), dict(params or {})
 
         return self._try(room, make, attempts, walk_check)
 
     def _floor_item(self, room, class_name, shape):
+        """A round item (plant, bin, coat rack) standing near a wall."""
         rng = self.rng
-        s = {"plant": (rng.uniform(0.3, 0.5), None, rng.uniform(0.6, 1.3)),
-             "bin": (rng.uniform(0.22, 0.32), None, rng.uniform(0.3, 0.45)),
-             "coat_rack": (0.4, None, rng.uniform(1.6, 1.8))}[shape]
-        size = (s[0], s[0], s[2])
-        palette = {"plant": "fabric", "bin": "metal", "coat_rack": "wood"}[shape]
+        (w_lo, w_hi), (h_lo, h_hi), palette = {
+            "plant": ((0.3, 0.5), (0.6, 1.3), "fabric"),
+            "bin": ((0.22, 0.32), (0.3, 0.45), "metal"),
+            "coat_rack": ((0.4, 0.4), (1.6, 1.8), "wood"),
+        }[shape]
+        w = rng.uniform(w_lo, w_hi)
+        size = (w, w, rng.uniform(h_lo, h_hi))
 
         def make():
-            x, y, yaw, _ = self._against_wall(room, size[0], size[1], None, 0.05)
+            spot = self._against_wall(room, size[0], size[1], None, 0.05)
+            if spot is None:
+                return None
+            x, y, yaw = spot
             return class_name, shape, (x, y, 0.0), yaw, size, self._look(palette, "plain"), {}
 
         return self._try(room, make, 30)
@@ -950,30 +1071,49 @@ class _Generator:
                 n = face + sgn * (gap + depth / 2)
                 yaw = math.atan2(*((0.0, sgn) if o.axis == 0 else (sgn, 0.0))) - math.pi / 2
                 xy = (n, u) if o.axis == 0 else (u, n)
-                obj = ObjectSpec(0, "curtain", "curtain", (xy[0], xy[1], 0.02), yaw, (width, depth, h), *look,
-                                 {"folds": folds}, room.room_id)
+                obj = ObjectSpec(
+                    0,
+                    "curtain",
+                    "curtain",
+                    (xy[0], xy[1], 0.02),
+                    yaw,
+                    (width, depth, h),
+                    *look,
+                    {"folds": folds},
+                    room.room_id,
+                )
                 if self._fits(room, obj, ignore=self.window_zones):
-                    self._add_object("curtain", "curtain", obj.position_m, yaw, obj.size_m, look, {"folds": folds}, room.room_id)
+                    self._add_object(
+                        "curtain", "curtain", obj.position_m, yaw, obj.size_m, look, {"folds": folds}, room.room_id
+                    )
                     if not self._walkable(room):
                         self._remove_last(room)
 
-    def _cabinet(self, room, tall: bool = False, class_name: str = "cabinet", drawers: int = 0):
+    def _cabinet(self, room, tall: bool = False, drawers: int = 0):
         rng = self.rng
         h = rng.uniform(1.6, 2.1) if tall else rng.uniform(0.7, 1.0)
         size = (rng.uniform(0.5, 1.4), rng.uniform(0.4, 0.6), h)
-        return self._wall_item(room, class_name, "cabinet", size, "wood" if rng.random() < 0.6 else "white",
-                               {"drawers": drawers})
+        return self._wall_item(
+            room, "cabinet", "cabinet", size, "wood" if rng.random() < 0.6 else "white", {"drawers": drawers}
+        )
 
     def _bookshelf(self, room):
         rng = self.rng
         h = rng.uniform(1.2, 2.1)
         size = (rng.uniform(0.6, 1.2), rng.uniform(0.28, 0.4), h)
-        return self._wall_item(room, "bookshelf", "bookshelf", size, "wood", {"shelves": int(np.clip(round(h / 0.38), 3, 6))})
+        return self._wall_item(
+            room, "bookshelf", "bookshelf", size, "wood", {"shelves": int(np.clip(round(h / 0.38), 3, 6))}
+        )
 
     def _desk_with_chair(self, room):
         rng = self.rng
-        desk = self._wall_item(room, "desk", "desk", (rng.uniform(1.0, 1.6), rng.uniform(0.55, 0.75), rng.uniform(0.72, 0.76)),
-                               "wood" if rng.random() < 0.6 else "white")
+        desk = self._wall_item(
+            room,
+            "desk",
+            "desk",
+            (rng.uniform(1.0, 1.6), rng.uniform(0.55, 0.75), rng.uniform(0.72, 0.76)),
+            "wood" if rng.random() < 0.6 else "white",
+        )
         if desk is not None:
             self._chair_facing(room, desk, 0.0)
         return desk
@@ -985,8 +1125,11 @@ class _Generator:
 
     def _chair_params(self) -> dict:
         rng = self.rng
-        return {"seat_height_m": round(float(rng.uniform(0.43, 0.48)), 3), "leg_m": round(float(rng.uniform(0.025, 0.04)), 3),
-                "round_legs": bool(rng.random() < 0.4)}
+        return {
+            "seat_height_m": round(float(rng.uniform(0.43, 0.48)), 3),
+            "leg_m": round(float(rng.uniform(0.025, 0.04)), 3),
+            "round_legs": bool(rng.random() < 0.4),
+        }
 
     def _chair_facing(self, room, target: ObjectSpec, lateral_m: float, look=None, params=None, pull_m: float = 0.08):
         """Chair in front of `target`'s front (its +y face), facing it."""
@@ -1000,14 +1143,19 @@ class _Generator:
 
         def make():
             jitter = self.rng.uniform(-0.25, 0.25)
-            xy = np.array(target.position_m[:2]) + fwd * (dist + self.rng.uniform(0.0, 0.1)) + right * (lateral_m + self.rng.uniform(-0.05, 0.05))
+            xy = (
+                np.array(target.position_m[:2])
+                + fwd * (dist + self.rng.uniform(0.0, 0.1))
+                + right * (lateral_m + self.rng.uniform(-0.05, 0.05))
+            )
             return "chair", "chair", (xy[0], xy[1], 0.0), yaw_t + math.pi + jitter, size, look, params
 
         return self._try(room, make, 8)
 
-    def _table_with_chairs(self, room, max_chairs: int = 6, round_ok: bool = True):
+    def _table_with_chairs(self, room, max_chairs: int = 6):
+        """Free-standing table with chairs around it, facing it."""
         rng = self.rng
-        is_round = round_ok and rng.random() < 0.3
+        is_round = rng.random() < 0.3
         if is_round:
             r = rng.uniform(0.45, 0.6)
             size = (2 * r, 2 * r, rng.uniform(0.72, 0.76))
@@ -1020,7 +1168,7 @@ class _Generator:
 
         def make():
             yaw = 0.0 if rng.random() < 0.5 else math.pi / 2
-            ext = (max(size[:2]) / 2 + chair_space)
+            ext = max(size[:2]) / 2 + chair_space
             if x1 - x0 < 2 * ext or y1 - y0 < 2 * ext:
                 return None
             pos = (rng.uniform(x0 + ext, x1 - ext), rng.uniform(y0 + ext, y1 - ext), 0.0)
@@ -1042,14 +1190,9 @@ class _Generator:
                 slots += [(math.pi / 2, 0.0), (-math.pi / 2, 0.0)]
             rng.shuffle(slots)
         for angle, lateral in slots[:count]:
-            # a virtual target facing outwards at this slot
-            if is_round:
-                face_yaw = yaw_t + angle
-                half_d = w / 2
-            else:
-                face_yaw = yaw_t + angle
-                half_d = d / 2 if abs(math.sin(angle)) < 0.5 else w / 2
-            virtual = ObjectSpec(0, "table", "table", table.position_m, face_yaw, (0.0, 2 * half_d, 0.0), look[0], look[1])
+            # the table edge of this slot as a virtual object whose front faces the chair
+            half_d = w / 2 if is_round or abs(math.sin(angle)) >= 0.5 else d / 2
+            virtual = ObjectSpec(0, "table", "table", table.position_m, yaw_t + angle, (0.0, 2 * half_d, 0.0), *look)
             self._chair_facing(room, virtual, lateral, chair_look, chair_params, pull_m=0.12)
         return table
 
@@ -1068,14 +1211,21 @@ class _Generator:
 
         self._try(room, make, 4)
         # tv stand on the opposite wall when there is one
-        side = {0: 1, 1: 0, 2: 3, 3: 2}[self._side_of(room, sofa)]
-        stand = self._wall_item(room, "otherfurniture", "cabinet", (rng.uniform(1.0, 1.6), 0.45, rng.uniform(0.45, 0.6)),
-                                "wood", {"drawers": 1}, side=side, attempts=15)
-        if stand is not None:
-            stand.params["tv"] = True
+        side = {0: 1, 1: 0, 2: 3, 3: 2}[self._side_of(sofa)]
+        self._wall_item(
+            room,
+            "otherfurniture",
+            "cabinet",
+            (rng.uniform(1.0, 1.6), 0.45, rng.uniform(0.45, 0.6)),
+            "wood",
+            {"drawers": 1, "tv": True},
+            side=side,
+            attempts=15,
+        )
         return sofa
 
-    def _side_of(self, room, obj: ObjectSpec) -> int:
+    @staticmethod
+    def _side_of(obj: ObjectSpec) -> int:
         """Wall side an against-wall object backs onto (from its yaw)."""
         fwd = (-math.sin(obj.yaw_rad), math.cos(obj.yaw_rad))
         if abs(fwd[0]) > abs(fwd[1]):
@@ -1091,18 +1241,6 @@ class _Generator:
             self._bookshelf(room)
         if rng.random() < 0.5:
             self._cabinet(room)
-        if rng.random() < 0.5:
-            self._chair_free(room)
-
-    def _chair_free(self, room):
-        (x0, y0), (x1, y1) = room.min_xy_m, room.max_xy_m
-        size, look, params = self._chair_size(), self._look("fabric"), self._chair_params()
-
-        def make():
-            pos = (self.rng.uniform(x0 + 0.4, x1 - 0.4), self.rng.uniform(y0 + 0.4, y1 - 0.4), 0.0)
-            return "chair", "chair", pos, self.rng.uniform(-math.pi, math.pi), size, look, params
-
-        return self._try(room, make, 20)
 
     def _bedroom(self, room):
         rng = self.rng
@@ -1114,13 +1252,32 @@ class _Generator:
             for sgn in (-1.0, 1.0):
                 if rng.random() < 0.8:
                     ns = (rng.uniform(0.4, 0.5), 0.4, rng.uniform(0.45, 0.6))
-                    back = np.array(bed.position_m[:2]) - np.array([-math.sin(bed.yaw_rad), math.cos(bed.yaw_rad)]) * (bed.size_m[1] / 2 - ns[1] / 2)
+                    back = np.array(bed.position_m[:2]) - np.array([-math.sin(bed.yaw_rad), math.cos(bed.yaw_rad)]) * (
+                        bed.size_m[1] / 2 - ns[1] / 2
+                    )
                     xy = back + right * sgn * (bed.size_m[0] / 2 + 0.05 + ns[0] / 2)
-                    self._try(room, lambda xy=xy, ns=ns: ("otherfurniture", "cabinet", (xy[0], xy[1], 0.0), bed.yaw_rad, ns, look,
-                                                          {"drawers": 2}), 1)
+                    self._try(
+                        room,
+                        lambda xy=xy, ns=ns: (
+                            "otherfurniture",
+                            "cabinet",
+                            (xy[0], xy[1], 0.0),
+                            bed.yaw_rad,
+                            ns,
+                            look,
+                            {"drawers": 2},
+                        ),
+                        1,
+                    )
         if rng.random() < 0.7:
-            self._wall_item(room, "otherfurniture", "cabinet", (rng.uniform(0.8, 1.4), 0.5, rng.uniform(0.8, 1.1)), "wood",
-                            {"drawers": 3})
+            self._wall_item(
+                room,
+                "otherfurniture",
+                "cabinet",
+                (rng.uniform(0.8, 1.4), 0.5, rng.uniform(0.8, 1.1)),
+                "wood",
+                {"drawers": 3},
+            )
         if rng.random() < 0.5:
             self._cabinet(room, tall=True)
         if rng.random() < 0.5:
@@ -1131,8 +1288,13 @@ class _Generator:
     def _kitchen(self, room):
         rng = self.rng
         self._counter_with_sink(room)
-        self._wall_item(room, "refrigerator", "refrigerator", (rng.uniform(0.6, 0.8), rng.uniform(0.65, 0.75), rng.uniform(1.7, 1.95)),
-                        "white" if rng.random() < 0.7 else "metal")
+        self._wall_item(
+            room,
+            "refrigerator",
+            "refrigerator",
+            (rng.uniform(0.6, 0.8), rng.uniform(0.65, 0.75), rng.uniform(1.7, 1.95)),
+            "white" if rng.random() < 0.7 else "metal",
+        )
         if rng.random() < 0.5:
             self._counter_with_sink(room, sink=False)
         if rng.random() < 0.4:
@@ -1142,9 +1304,17 @@ class _Generator:
     def _counter_with_sink(self, room, sink: bool = True):
         rng = self.rng
         for _ in range(3):
-            length = rng.uniform(1.4, min(3.2, max(room.max_xy_m[0] - room.min_xy_m[0], room.max_xy_m[1] - room.min_xy_m[1]) - 0.4))
-            counter = self._wall_item(room, "counter", "counter", (length, rng.uniform(0.58, 0.65), rng.uniform(0.88, 0.92)),
-                                      "white" if rng.random() < 0.5 else "wood", attempts=15)
+            length = rng.uniform(
+                1.4, min(3.2, max(room.max_xy_m[0] - room.min_xy_m[0], room.max_xy_m[1] - room.min_xy_m[1]) - 0.4)
+            )
+            counter = self._wall_item(
+                room,
+                "counter",
+                "counter",
+                (length, rng.uniform(0.58, 0.65), rng.uniform(0.88, 0.92)),
+                "white" if rng.random() < 0.5 else "wood",
+                attempts=15,
+            )
             if counter is not None:
                 break
         else:
@@ -1161,8 +1331,17 @@ class _Generator:
         lateral = rng.uniform(-1, 1) * max(0.0, counter.size_m[0] / 2 - size[0] / 2 - 0.1)
         xy = np.array(counter.position_m[:2]) + right * lateral - fwd * (counter.size_m[1] / 2 - 0.03 - size[1] / 2)
         look = self._look("white" if rng.random() < 0.7 else "metal", "plain")
-        self._add_object("sink", "sink", (xy[0], xy[1], counter.position_m[2] + counter.size_m[2]), counter.yaw_rad, size,
-                         look, {}, counter.room_id, counter.instance_id)
+        self._add_object(
+            "sink",
+            "sink",
+            (xy[0], xy[1], counter.position_m[2] + counter.size_m[2]),
+            counter.yaw_rad,
+            size,
+            look,
+            {},
+            counter.room_id,
+            counter.instance_id,
+        )
 
     def _office(self, room):
         rng = self.rng
@@ -1188,16 +1367,28 @@ class _Generator:
 
     def _bathroom(self, room):
         rng = self.rng
-        self._wall_item(room, "toilet", "toilet", (rng.uniform(0.38, 0.45), rng.uniform(0.65, 0.72), rng.uniform(0.75, 0.82)),
-                        "white", gap=0.01)
-        self._wall_item(room, "sink", "sink", (rng.uniform(0.5, 0.65), rng.uniform(0.45, 0.55), rng.uniform(0.82, 0.9)),
-                        "white", {"pedestal": True})
+        self._wall_item(
+            room,
+            "toilet",
+            "toilet",
+            (rng.uniform(0.38, 0.45), rng.uniform(0.65, 0.72), rng.uniform(0.75, 0.82)),
+            "white",
+            gap=0.01,
+        )
+        self._wall_item(
+            room,
+            "sink",
+            "sink",
+            (rng.uniform(0.5, 0.65), rng.uniform(0.45, 0.55), rng.uniform(0.82, 0.9)),
+            "white",
+            {"pedestal": True},
+        )
         if rng.random() < 0.6:
             self._wall_item(room, "cabinet", "cabinet", (rng.uniform(0.4, 0.8), 0.35, rng.uniform(0.7, 1.8)), "white")
 
     def _studio(self, room):
         rng = self.rng
-        self._bedroom_core(room)
+        self._wall_item(room, "bed", "bed", (rng.choice([0.9, 1.4]), 2.0, rng.uniform(0.8, 1.0)), "fabric")
         self._sofa_group(room)
         self._counter_with_sink(room)
         if rng.random() < 0.7:
@@ -1206,21 +1397,22 @@ class _Generator:
         self._desk_with_chair(room)
         self._bookshelf(room)
 
-    def _bedroom_core(self, room):
-        rng = self.rng
-        return self._wall_item(room, "bed", "bed", (rng.choice([0.9, 1.4]), 2.0, rng.uniform(0.8, 1.0)), "fabric")
-
     # wall-mounted and small objects ---------------------------------------------------
     def _picture(self, room):
         rng = self.rng
         size = (rng.uniform(0.3, 1.2), 0.025, rng.uniform(0.3, 0.9))
         kind = rng.choice(["noise", "stripes", "checker"])
         albedo = _hsv(rng, *_PALETTES["bright"])
-        tex = self.texture(str(kind), rng.uniform(0.04, 0.2), rng.uniform(0.4, 0.8), (rng.normal(), rng.normal(), rng.normal()))
+        tex = self.texture(
+            str(kind), rng.uniform(0.04, 0.2), rng.uniform(0.4, 0.8), (rng.normal(), rng.normal(), rng.normal())
+        )
         params = {"frame_m": round(float(rng.uniform(0.02, 0.05)), 3)}
 
         def make():
-            x, y, yaw, _ = self._against_wall(room, size[0], size[1], None, 0.0)
+            spot = self._against_wall(room, size[0], size[1], None, 0.0)
+            if spot is None:
+                return None
+            x, y, yaw = spot
             z = rng.uniform(1.25, 1.75) - size[2] / 2
             return "picture", "picture", (x, y, z), yaw, size, (albedo, tex), params
 
@@ -1238,7 +1430,9 @@ class _Generator:
             "refrigerator": ["box", "bottle"],
             "toilet": ["bottle", "box"],
         }
-        supports = [o for o in self.objects if o.room_id == room.room_id and o.class_name in menus and o.support_id == 0]
+        supports = [
+            o for o in self.objects if o.room_id == room.room_id and o.class_name in menus and o.support_id == 0
+        ]
         for sup in supports:
             if sup.params.get("tv"):
                 self._tv_on(sup)
@@ -1281,19 +1475,35 @@ class _Generator:
         r = 0.5 * math.hypot(size[0], size[1])
         if hx < r or hy < r:
             return
-        look = self._look("bright", "stripes" if shape == "books" else "plain") if shape != "plant" else self._look("fabric")
+        look = (
+            self._look("bright", "stripes" if shape == "books" else "plain")
+            if shape != "plant"
+            else self._look("fabric")
+        )
         params = {"count": int(rng.integers(3, 8))} if shape == "books" else {}
         for _ in range(10):
             lx = surf.center_xy_m[0] + rng.uniform(-hx + r, hx - r)
             ly = surf.center_xy_m[1] + rng.uniform(-hy + r, hy - r)
             p = T_world_sup @ np.array([lx, ly, surf.height_m, 1.0])
-            obj = ObjectSpec(0, "object", shape, _round_tuple(p[:3], 5), round(sup.yaw_rad + local_yaw, 6), _round_tuple(size, 4),
-                             look[0], look[1], params, room.room_id, sup.instance_id)
+            obj = ObjectSpec(
+                0,
+                "object",
+                shape,
+                _round_tuple(p[:3], 5),
+                round(sup.yaw_rad + local_yaw, 6),
+                _round_tuple(size, 4),
+                look[0],
+                look[1],
+                params,
+                room.room_id,
+                sup.instance_id,
+            )
             box = footprint_box(obj)
             if any(box.overlaps(b) for b, owner in self.blockers[room.room_id] if owner != sup.instance_id):
                 continue
-            self._add_object("object", shape, obj.position_m, obj.yaw_rad, obj.size_m, look, params, room.room_id,
-                             sup.instance_id)
+            self._add_object(
+                "object", shape, obj.position_m, obj.yaw_rad, obj.size_m, look, params, room.room_id, sup.instance_id
+            )
             return
 
     def _tv_on(self, stand: ObjectSpec) -> None:
@@ -1301,13 +1511,33 @@ class _Generator:
         size = (min(stand.size_m[0] - 0.1, rng.uniform(0.8, 1.3)), 0.2, rng.uniform(0.5, 0.75))
         fwd = np.array([-math.sin(stand.yaw_rad), math.cos(stand.yaw_rad)])
         xy = np.array(stand.position_m[:2]) - fwd * 0.05
-        obj = ObjectSpec(0, "object", "monitor", (xy[0], xy[1], stand.size_m[2]), stand.yaw_rad, size, (0.05, 0.05, 0.05),
-                         self.texture("plain", 1.0, 0.0), {}, stand.room_id, stand.instance_id)
+        obj = ObjectSpec(
+            0,
+            "object",
+            "monitor",
+            (xy[0], xy[1], stand.size_m[2]),
+            stand.yaw_rad,
+            size,
+            (0.05, 0.05, 0.05),
+            self.texture("plain", 1.0, 0.0),
+            {},
+            stand.room_id,
+            stand.instance_id,
+        )
         box = footprint_box(obj)
         if any(box.overlaps(b) for b, owner in self.blockers[stand.room_id] if owner != stand.instance_id):
             return
-        self._add_object("object", "monitor", obj.position_m, stand.yaw_rad, size, ((0.06, 0.06, 0.07), obj.texture),
-                         {}, stand.room_id, stand.instance_id)
+        self._add_object(
+            "object",
+            "monitor",
+            obj.position_m,
+            stand.yaw_rad,
+            size,
+            ((0.06, 0.06, 0.07), obj.texture),
+            {},
+            stand.room_id,
+            stand.instance_id,
+        )
 
     def build(self) -> SceneSpec:
         self.layout()

@@ -4,8 +4,9 @@ The path visits waypoints spread over the free floor of each room (depth-first o
 through doorways, back to the start, and again on another lap when more frames are needed).
 Legs between waypoints are shortest paths on the floor grid that keep a clearance from walls
 and furniture; the joined path is smoothed, then followed at a smoothly varying speed that drops
-in tight turns. The camera looks roughly along the direction of travel with slow look-around,
-pitch, roll and height variations, and its yaw rate is limited.
+in tight turns. The camera looks at one object of the current room after another (within a
+yaw offset from the direction of travel), with slow pitch, roll and height variations, and its
+yaw rate is limited.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from semantic_mapping.config import CameraConfig, TrajectoryConfig
-from semantic_mapping.sim.scene import FloorGrid, SceneSpec, doorway_rect, floor_grid
+from semantic_mapping.sim.scene import FloorGrid, SceneSpec, floor_grid
 
-_DOOR_APPROACH_M = 0.6  # doorways may be approached with less clearance within this distance
 _R_BASE = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # camera axes at yaw 0: looks along +x
 
 
@@ -41,23 +41,14 @@ class _Planner:
         self.grid = grid
         self.config = config
         clearance = grid.clearance_m
-        near_door = np.zeros(grid.free.shape, bool)
-        for o in spec.openings:
-            if o.kind != "doorway":
-                continue
-            lo, hi = doorway_rect(spec, o)
-            grow = np.where(np.arange(2) == o.axis, _DOOR_APPROACH_M, 0.0)
-            i0, j0 = grid.cell_of(lo - grow)
-            i1, j1 = grid.cell_of(hi + grow)
-            near_door[i0 : i1 + 1, j0 : j1 + 1] = True
-        self.passable = grid.free & (
-            (clearance >= config.clearance_m) | (near_door & (clearance >= config.min_clearance_m))
-        )
+        self.passable = grid.free & (clearance >= config.min_clearance_m)
         self.node_of = np.full(grid.free.shape, -1, np.int64)
         cells = np.argwhere(self.passable)
         self.node_of[tuple(cells.T)] = np.arange(len(cells))
         self.cells = cells  # [n, 2] grid indices of the nodes
-        cost = 1.0 + 2.0 * np.clip(1.0 - clearance / config.waypoint_clearance_m, 0.0, None)  # prefer open floor
+        # prefer open floor; squeeze below the planned clearance only where there is no other way (doorways)
+        cost = 1.0 + 2.0 * np.clip(1.0 - clearance / config.waypoint_clearance_m, 0.0, None)
+        cost += 20.0 * (clearance < config.clearance_m)
         rows, cols, weights = [], [], []
         nx, ny = grid.free.shape
         for di, dj in ((1, 0), (0, 1), (1, 1), (1, -1)):
@@ -114,7 +105,9 @@ def _dfs_rooms(adj: dict, start: int, rng: np.random.Generator) -> list:
     return order
 
 
-def _waypoints(planner: _Planner, spec: SceneSpec, room_id: int, rng: np.random.Generator, component: int) -> np.ndarray:
+def _waypoints(
+    planner: _Planner, spec: SceneSpec, room_id: int, rng: np.random.Generator, component: int
+) -> np.ndarray:
     """[k] node ids spread over the room (farthest-point sampling among roomy cells)."""
     grid, cfg = planner.grid, planner.config
     cells = planner.cells
@@ -208,6 +201,50 @@ def _smooth_signal(rng: np.random.Generator, t_s: np.ndarray, period_s: float) -
     return out / 3.0
 
 
+def _look_at_targets(
+    spec: SceneSpec,
+    grid: FloorGrid,
+    rng: np.random.Generator,
+    xy: np.ndarray,
+    height_m: np.ndarray,
+    heading: np.ndarray,
+    dt: float,
+    config: TrajectoryConfig,
+) -> tuple:
+    """(yaw [N], pitch [N]) from camera positions xy [N, 2], height_m [N] towards objects of the current room.
+
+    Every `look_period_s` (randomised) a new target is drawn among the objects of the current room
+    at least 1.2 m away, favouring those ahead; without one the camera looks along its heading.
+    """
+    centres, rooms = [], []
+    for o in spec.objects:
+        if o.class_name in ("door", "window") or o.room_id < 0:
+            continue
+        lo, hi = o.local_bounds_m()
+        centres.append([o.position_m[0], o.position_m[1], o.position_m[2] + 0.5 * (lo[2] + hi[2])])
+        rooms.append(o.room_id)
+    centres, rooms = np.array(centres).reshape(-1, 3), np.array(rooms)
+    n = len(xy)
+    yaw = heading.copy()
+    pitch = np.full(n, math.radians(config.pitch_deg))
+    k = 0
+    while k < n:
+        k1 = min(n, k + max(1, int(round(config.look_period_s * rng.uniform(0.6, 1.4) / dt))))
+        room = grid.room_of[tuple(grid.cell_of(xy[k]))]
+        d = centres[:, :2] - xy[k]
+        dist = np.linalg.norm(d, axis=1)
+        ok = np.flatnonzero((rooms == room) & (dist >= 1.2))
+        if len(ok):
+            ahead = np.cos(np.arctan2(d[ok, 1], d[ok, 0]) - heading[k])
+            weight = np.exp(2.0 * ahead)
+            c = centres[ok[rng.choice(len(ok), p=weight / weight.sum())]]
+            rel = c[:2] - xy[k:k1]
+            yaw[k:k1] = np.arctan2(rel[:, 1], rel[:, 0])
+            pitch[k:k1] = np.arctan2(c[2] - height_m[k:k1], np.maximum(np.linalg.norm(rel, axis=1), 0.5))
+        k = k1
+    return yaw, pitch
+
+
 def make_trajectory(
     spec: SceneSpec,
     seed: int,
@@ -246,26 +283,28 @@ def make_trajectory(
     xy = np.stack([np.interp(s, s_path, path[:, 0]), np.interp(s, s_path, path[:, 1])], 1)
     heading = np.interp(s, s_path, heading_path)
 
-    # look around: a yaw offset from the heading, smaller where the floor is narrow
-    room_for_look = np.clip(
-        (grid.clearance_at(xy) - cfg.min_clearance_m) / max(cfg.waypoint_clearance_m - cfg.min_clearance_m, 1e-6),
-        0.3,
-        1.0,
-    )
-    target = heading + math.radians(cfg.look_around_deg) * room_for_look * _smooth_signal(rng, t_s, cfg.look_period_s)
-    yaw = np.empty(n)
+    mid = 0.5 * (cfg.height_min_m + cfg.height_max_m)
+    half = 0.5 * (cfg.height_max_m - cfg.height_min_m)
+    base = mid + rng.uniform(-0.6, 0.6) * half
+    height = np.clip(base + min(0.1, 0.4 * half) * _smooth_signal(rng, t_s, 12.0), cfg.height_min_m, cfg.height_max_m)
+
+    # look at things: a new target every few seconds, in the current room and not too close
+    look_yaw, look_pitch = _look_at_targets(spec, grid, rng, xy, height, heading, dt, cfg)
+    offset = (look_yaw - heading + math.pi) % (2 * math.pi) - math.pi
+    limit = math.radians(cfg.look_around_deg)
+    target = heading + np.clip(offset, -limit, limit) + math.radians(8.0) * _smooth_signal(rng, t_s, 3.0)
+    yaw = np.empty(n)  # follows the target with a bounded rate
     yaw[0] = target[0]
     max_step = math.radians(cfg.max_yaw_rate_deg_s) * dt
     for k in range(1, n):
         err = (target[k] - yaw[k - 1] + math.pi) % (2 * math.pi) - math.pi
         yaw[k] = yaw[k - 1] + np.clip(err, -max_step, max_step)
     yaw = ndimage.gaussian_filter1d(yaw, 3.0, mode="nearest")
-    pitch = np.radians(cfg.pitch_deg + cfg.pitch_range_deg * _smooth_signal(rng, t_s, 10.0))
+    pitch_deg = np.clip(
+        np.degrees(look_pitch), cfg.pitch_deg - cfg.pitch_range_deg, cfg.pitch_deg + cfg.pitch_range_deg
+    )
+    pitch = np.radians(ndimage.gaussian_filter1d(pitch_deg, 0.5 / dt, mode="nearest"))
     roll = np.radians(cfg.roll_range_deg * _smooth_signal(rng, t_s, 5.0))
-    mid = 0.5 * (cfg.height_min_m + cfg.height_max_m)
-    half = 0.5 * (cfg.height_max_m - cfg.height_min_m)
-    base = mid + rng.uniform(-0.6, 0.6) * half
-    height = np.clip(base + min(0.1, 0.4 * half) * _smooth_signal(rng, t_s, 12.0), cfg.height_min_m, cfg.height_max_m)
 
     poses = []
     for k in range(n):

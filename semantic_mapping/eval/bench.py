@@ -1,0 +1,207 @@
+"""`semantic-mapping bench`: a fixed suite on held-out scenes, one table, optional JSON records.
+
+Every figure is measured in this process on the benchmark seeds (sim.sequence.BENCHMARK_SEEDS),
+beside its reference where the figure is a comparison. Figures are records
+{"name": "<stage>.<metric>", "value": number, "unit": str, "seeds": [...], "detail": {...}}.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+SUITE_FRAMES = 300
+"""Frames per benchmark scene (10 s at 30 Hz)."""
+QUICK_FRAMES = 60
+VOXEL_SIZE_M = 0.04
+"""The CPU default voxel size; every fusion figure uses it."""
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    seeds: list
+    detail: dict = field(default_factory=dict)
+
+
+def _open3d_reference_integrate(voxel_size_m: float, trunc_voxels: float, depth_max_m: float):
+    """Open3D's own VoxelBlockGrid (tsdf, weight, colour; float32 as in its documentation) and an integrate function."""
+    import open3d as o3d
+    import open3d.core as o3c
+
+    from semantic_mapping.geometry import invert_pose
+
+    grid = o3d.t.geometry.VoxelBlockGrid(
+        attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
+        attr_channels=((1), (1), (3)), voxel_size=voxel_size_m, block_resolution=8, block_count=2048,
+        device=o3c.Device("CPU:0"),
+    )
+
+    def integrate(frame) -> None:
+        depth = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(frame.depth_m, dtype=np.float32)))
+        color = o3d.t.geometry.Image(o3c.Tensor(frame.rgb.astype(np.float32) / 255.0))
+        K = o3c.Tensor(frame.intrinsics.K, o3c.float64)
+        extrinsic = o3c.Tensor(invert_pose(frame.T_world_cam), o3c.float64)
+        coords = grid.compute_unique_block_coordinates(depth, K, extrinsic, 1.0, depth_max_m,
+                                                       trunc_voxel_multiplier=trunc_voxels)
+        grid.integrate(coords, depth, color, K, K, extrinsic, 1.0, depth_max_m, trunc_voxel_multiplier=trunc_voxels)
+
+    return integrate
+
+
+def _map_scene(seed: int, num_frames: int, progress: bool = True) -> dict:
+    """Simulate one scene, fuse it with ours and with Open3D's reference, evaluate; raw figures."""
+    from tqdm import tqdm
+
+    from semantic_mapping.config import FusionConfig, MapperConfig
+    from semantic_mapping.eval.mapping_eval import FrameSegmentationTally, evaluate_map
+    from semantic_mapping.eval.metrics import instance_iou
+    from semantic_mapping.pipeline import Mapper
+    from semantic_mapping.sim.sequence import simulate
+
+    recording = simulate(seed, num_frames=num_frames)
+    config = MapperConfig(fusion=FusionConfig(voxel_size_m=VOXEL_SIZE_M, device="cpu"))
+    mapper = Mapper(config)
+    reference = _open3d_reference_integrate(VOXEL_SIZE_M, config.fusion.sdf_trunc_voxels, config.fusion.depth_max_m)
+    tally = FrameSegmentationTally(mapper.label_space.num_classes, mapper.label_space.ignore_id)
+    ours_s, reference_s, generate_s, mask_iou = [], [], [], []
+    for i in tqdm(range(len(recording)), desc=f"scene {seed}", unit="frame", file=sys.stderr, disable=not progress):
+        t0 = time.perf_counter()
+        frame = recording.frame(i)
+        generate_s.append(time.perf_counter() - t0)
+        tally.add(frame)
+        if frame.ground_truth.instances.any():
+            mask_iou.append(instance_iou(frame.instance_masks, frame.ground_truth.instances))
+        t0 = time.perf_counter()
+        reference(frame)
+        reference_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        result = mapper.integrate(frame)
+        ours_s.append(time.perf_counter() - t0)
+        if not result.accepted:
+            raise RuntimeError(f"benchmark frame {i} of scene {seed} was rejected: {result.message}")
+    quality = evaluate_map(mapper, recording.mesh)
+    return {
+        "seed": seed,
+        "frames": len(recording),
+        "segmenter_miou_2d": tally.mean_miou,
+        "masks_iou_2d": float(np.mean(mask_iou)),
+        "generate_s_per_frame": float(np.median(generate_s)),
+        "ours_ms": 1000 * float(np.median(ours_s)),
+        "open3d_ms": 1000 * float(np.median(reference_s)),
+        "bytes_per_voxel": mapper.map.bytes_per_voxel(),
+        "voxels": mapper.map.num_voxels,
+        "quality": quality,
+    }
+
+
+def _peak_memory_child(seed: int, num_frames: int) -> None:
+    """Entry point of the peak-memory child: simulate and map one scene, print peak RSS (MB) as JSON."""
+    import torch  # noqa: F401  (libraries loaded before the baseline, like in a running node)
+
+    from semantic_mapping.config import FusionConfig, MapperConfig
+    from semantic_mapping.pipeline import Mapper
+    from semantic_mapping.sim.sequence import simulate
+
+    baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    recording = simulate(seed, num_frames=num_frames)
+    mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=VOXEL_SIZE_M, device="cpu")))
+    for frame in recording.frames(masks=False):
+        mapper.integrate(frame)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak_mb, "baseline_mb": baseline_mb, "voxels": mapper.map.num_voxels}))
+
+
+def _peak_memory(seed: int, num_frames: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "semantic_mapping.eval.bench", "--peak-memory-child", str(seed), str(num_frames)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def collect_figures(quick: bool = False, progress: bool = True) -> list:
+    """Run the suite and return its figures."""
+    from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
+
+    seeds = list(BENCHMARK_SEEDS[:1] if quick else BENCHMARK_SEEDS)
+    num_frames = QUICK_FRAMES if quick else SUITE_FRAMES
+    scenes = [_map_scene(seed, num_frames, progress) for seed in seeds]
+
+    def mean(key):
+        return float(np.mean([s[key] for s in scenes]))
+
+    def mean_q(key):
+        return float(np.mean([s["quality"][key] for s in scenes]))
+
+    memory = _peak_memory(seeds[0], num_frames)
+    ours_ms, open3d_ms = mean("ours_ms"), mean("open3d_ms")
+    figures = [
+        Figure("sim.segmenter_miou_2d", mean("segmenter_miou_2d"), "mIoU", seeds,
+               {"per_seed": {s["seed"]: s["segmenter_miou_2d"] for s in scenes}}),
+        Figure("sim.masks_iou_2d", mean("masks_iou_2d"), "IoU", seeds,
+               {"per_seed": {s["seed"]: s["masks_iou_2d"] for s in scenes}, "metric": "DiscoNeRF area-weighted IoU"}),
+        Figure("sim.generate_s_per_frame", mean("generate_s_per_frame"), "s/frame", seeds,
+               {"what": "render 640x480 RGB-D + simulated segmenter + simulated masks, median per frame"}),
+        Figure("fusion.input_miou_2d", mean("segmenter_miou_2d"), "mIoU", seeds),
+        Figure("fusion.miou_3d", mean_q("miou_3d"), "mIoU", seeds,
+               {"per_seed": {s["seed"]: s["quality"]["miou_3d"] for s in scenes}, "coverage": mean_q("coverage")}),
+        Figure("fusion.surface_median_err_m", mean_q("surface_median_err_m"), "m", seeds,
+               {"in_voxels": mean_q("surface_median_err_m") / VOXEL_SIZE_M}),
+        Figure("fusion.voxel_size_m", VOXEL_SIZE_M, "m", seeds),
+        Figure("fusion.integrate_ratio_vs_open3d", ours_ms / open3d_ms, "ratio", seeds,
+               {"ours_ms_per_frame": ours_ms, "open3d_ms_per_frame": open3d_ms,
+                "ours": "TSDF + colour + Bayesian semantics (20 classes) + input validation",
+                "open3d": "VoxelBlockGrid TSDF + colour, float32 attributes"}),
+        Figure("fusion.bytes_per_voxel", mean("bytes_per_voxel"), "bytes", seeds, {"classes": 20}),
+        Figure("fusion.peak_mem_mb", memory["peak_mb"], "MB", seeds[:1],
+               {"baseline_after_imports_mb": memory["baseline_mb"], "frames": num_frames, "voxels": memory["voxels"]}),
+    ]
+    for f in figures:
+        f.detail.setdefault("frames_per_scene", num_frames)
+    figures[0].detail["scenes"] = {s["seed"]: s for s in scenes}
+    return figures
+
+
+def format_table(figures: list) -> str:
+    lines = [f"{'figure':34s} {'value':>12s}  unit      reference / detail", "-" * 90]
+    for f in figures:
+        ref = ""
+        if f.name == "fusion.integrate_ratio_vs_open3d":
+            ref = f"ours {f.detail['ours_ms_per_frame']:.1f} ms vs Open3D {f.detail['open3d_ms_per_frame']:.1f} ms per frame"
+        elif f.name == "fusion.miou_3d":
+            ref = f"coverage {f.detail['coverage']:.2f} of ground-truth surface voxels"
+        elif f.name == "fusion.peak_mem_mb":
+            ref = f"{f.detail['baseline_after_imports_mb']:.0f} MB after imports, {f.detail['voxels']} voxels"
+        lines.append(f"{f.name:34s} {f.value:12.4f}  {f.unit:8s}  {ref}")
+    return "\n".join(lines)
+
+
+def run_benchmark(json_path: Optional[str] = None, quick: bool = False) -> int:
+    from semantic_mapping.io.exports import write_json
+
+    start = time.perf_counter()
+    figures = collect_figures(quick=quick)
+    print(format_table(figures))
+    print(f"\n{'quick smoke run, not for reporting; ' if quick else ''}total {time.perf_counter() - start:.0f} s")
+    if json_path:
+        write_json(Path(json_path), [asdict(f) for f in figures])
+        print(f"wrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--peak-memory-child":
+        _peak_memory_child(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        sys.exit(run_benchmark(quick="--quick" in sys.argv))
