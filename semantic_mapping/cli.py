@@ -132,7 +132,7 @@ def cmd_generate(args) -> int:
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"error: {out} is not empty; choose a new --out folder")
+        raise ValueError(f"{out} is not empty; choose a new --out folder")
     recording = simulate(args.seed, num_frames=args.frames)
     ls = default_label_space()
     stats = scene_statistics(recording.spec)
@@ -175,7 +175,7 @@ def cmd_run(args) -> int:
 
     path = Path(args.input)
     if not path.exists():
-        raise SystemExit(f"error: {path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist")
     kwargs = {}
     layout = detect_layout(path)
     if layout == "rosbag2":

@@ -57,6 +57,12 @@ class SemanticFusionConfig:
     """Per-pixel class probabilities are clipped up to this before taking logs."""
     min_log_prob: float = -30.0
     """Per-voxel log-probabilities (relative to the best class) are clamped at this."""
+    surface_band_voxels: float = 1.0
+    """Voxels whose centre is within this many voxels of the observed surface (along its normal) are updated."""
+    range_reference_m: float = 1.5
+    """Observations beyond this range weigh (range_reference_m / depth)^2; 0 disables range weighting."""
+    incidence_weighting: bool = True
+    """Observations of surfaces seen at a grazing angle weigh |cos(incidence)|."""
 
 
 @dataclass

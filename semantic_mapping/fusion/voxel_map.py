@@ -194,12 +194,17 @@ class VoxelMap:
         candidate = (d > 0) & (sdf_m.abs() < self.sdf_trunc_m)
         u, v, d, sdf_m, flat_indices = u[candidate], v[candidate], d[candidate], sdf_m[candidate], flat_indices[candidate]
         cos = _view_cosine(depth, u, v, d, intrinsics)
-        band_m = self.voxel_size_m
+        cfg = self.semantics_config
+        band_m = cfg.surface_band_voxels * self.voxel_size_m
         perpendicular_m = sdf_m.abs() * cos
         near = perpendicular_m < band_m
         pixel = v[near] * W + u[near]
         voxels = flat_indices[near]
         weight = 1.0 - perpendicular_m[near] / band_m
+        if cfg.incidence_weighting:
+            weight = weight * cos[near]
+        if cfg.range_reference_m > 0:
+            weight = weight * (cfg.range_reference_m / d[near]).square().clamp_max(1.0)
         log_lik, kept = semantics.log_likelihood(pixel)
         voxels, weight = voxels[kept], weight[kept]
         if len(voxels) == 0:

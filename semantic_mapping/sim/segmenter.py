@@ -46,6 +46,7 @@ CONFUSION_GROUPS = (
 _WORLD_FEATURES = 64  # random Fourier features of the world-space noise field
 _FRAME_FEATURES = 32  # random Fourier features of the image-space noise field
 _BISECTION_STEPS = 12
+_RECHECK_TOLERANCE = 0.01  # full-resolution mIoU error that triggers a second solve
 _TEMPERATURE_SAMPLES = 4096
 _MAX_INV_TEMPERATURE = 30.0
 _SALT_FIELDS, _SALT_INSTANCE, _SALT_FRAME = 0x5E6, 0x1A5, 0xF4A
@@ -77,6 +78,12 @@ def labels_and_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels = probs.argmax(axis=-1).astype(np.int32)
     confidence = np.take_along_axis(probs, labels[..., None], axis=-1)[..., 0]
     return labels, confidence.astype(np.float32)
+
+
+def _confusion(pred: np.ndarray, labels: np.ndarray, C: int) -> np.ndarray:
+    """[C_pred, C_gt] pixel counts of predicted [H, W] against ground-truth [H, W] labels (others ignored)."""
+    valid = (labels >= 0) & (labels < C)
+    return np.bincount(pred[valid] * C + labels[valid], minlength=C * C).reshape(C, C)
 
 
 def miou_from_confusion(confusion: np.ndarray) -> float:
@@ -128,17 +135,20 @@ class SimulatedSegmenter:
         """Class probabilities [H, W, C] float32 (sum to 1 over C)."""
         gt = require_ground_truth(frame, "SimulatedSegmenter")
         terms = self._frame_terms(frame, gt)
-        strength = self._solve_strength(terms, self.frame_target(frame.stamp_ns))
-        logits = terms.evidence + strength * terms.noise  # [n, C]
+        target = self.frame_target(frame.stamp_ns)
+        # Solve at the work resolution, check once at full resolution (upsampling shifts the mIoU a
+        # little: small regions shrink or vanish) and re-solve against the corrected target.
+        strength = self._solve_strength(terms, target)
+        logits = self._upsampled_logits(terms, strength, gt.labels.shape)  # [H, W, C]
+        reached = miou_from_confusion(_confusion(logits.argmax(axis=2), gt.labels, self.num_classes))
+        if abs(reached - target) > _RECHECK_TOLERANCE:
+            strength = self._solve_strength(terms, target + float(np.clip(target - reached, -0.1, 0.1)))
+            logits = self._upsampled_logits(terms, strength, gt.labels.shape)
         rng = np.random.default_rng([self.seed, _SALT_FRAME, frame.stamp_ns % 2**63])
-        beta = self._fit_inverse_temperature(logits, terms.centre_labels, rng) * self.config.overconfidence
-        h, w = terms.shape
-        z = (beta * logits).astype(np.float32).reshape(h, w, self.num_classes)
-        H, W = gt.labels.shape
-        if (h, w) != (H, W):
-            z = cv2.resize(z, (W, H), interpolation=cv2.INTER_LINEAR)  # logits upsampled, as networks do
-        z -= z.max(axis=2, keepdims=True)
-        probs = np.exp(z, out=z)  # [H, W, C]
+        beta = self._fit_inverse_temperature(terms.evidence + strength * terms.noise, terms.centre_labels, rng)
+        logits *= beta * self.config.overconfidence
+        logits -= logits.max(axis=2, keepdims=True)
+        probs = np.exp(logits, out=logits)  # [H, W, C]
         probs /= probs.sum(axis=2, keepdims=True)
         return probs
 
@@ -149,6 +159,15 @@ class SimulatedSegmenter:
         return float(np.clip(self.config.target_miou + self.config.frame_miou_jitter * wave, 0.05, 0.98))
 
     # ------------------------------------------------------------------ model
+    @staticmethod
+    def _upsampled_logits(terms: _FrameTerms, strength: float, shape: tuple) -> np.ndarray:
+        """[H, W, C] float32 logits at `strength`, bilinearly upsampled from the work resolution."""
+        h, w = terms.shape
+        logits = (terms.evidence + strength * terms.noise).astype(np.float32).reshape(h, w, -1)
+        if (h, w) != tuple(shape):
+            logits = cv2.resize(logits, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        return logits
+
     def _frame_terms(self, frame: Frame, gt: FrameGroundTruth) -> _FrameTerms:
         cfg, C = self.config, self.num_classes
         labels = gt.labels  # [H, W]
@@ -276,10 +295,10 @@ class SimulatedSegmenter:
     # ------------------------------------------------------------------ calibration
     def _miou(self, terms: _FrameTerms, strength: float) -> float:
         """mIoU of the work-resolution argmax at `strength`, against the full-resolution ground truth."""
+        C = self.num_classes
         pred = (terms.evidence + strength * terms.noise).argmax(axis=1)  # [n]
-        onehot = np.zeros_like(terms.counts)
-        onehot[np.arange(len(pred)), pred] = 1.0
-        return miou_from_confusion(onehot.T @ terms.counts)
+        cells = (pred[:, None] * C + np.arange(C)).ravel()  # confusion cell of each (pixel, true class)
+        return miou_from_confusion(np.bincount(cells, weights=terms.counts.ravel(), minlength=C * C).reshape(C, C))
 
     def _solve_strength(self, terms: _FrameTerms, target: float) -> float:
         """Strength whose mIoU is nearest `target` (mIoU falls as strength grows)."""
