@@ -258,8 +258,12 @@ class SegmenterSimConfig:
     """Std of the smear of labels across object boundaries, in pixels of a 640-pixel-wide image."""
     world_noise_scale_m: float = 0.4
     """Correlation length of the noise field anchored in world space (consistent across views)."""
-    world_noise_weight: float = 1.0
+    world_noise_weight: float = 0.8
     """Weight of the world-anchored noise field."""
+    view_noise_weight: float = 0.7
+    """Weight of a world-anchored noise field that also changes with the viewing direction."""
+    view_noise_scale_rad: float = 0.3
+    """Change of viewing direction over which that field decorrelates."""
     frame_noise_scale_frac: float = 0.15
     """Correlation length of the per-frame image-space noise field, as a fraction of the image width."""
     frame_noise_weight: float = 0.5

@@ -107,8 +107,6 @@ def _map_scene(seed: int, num_frames: int, progress: bool = True) -> dict:
 
 def _peak_memory_child(seed: int, num_frames: int) -> None:
     """Entry point of the peak-memory child: simulate and map one scene, print peak RSS (MB) as JSON."""
-    import torch  # noqa: F401  (libraries loaded before the baseline, like in a running node)
-
     from semantic_mapping.config import FusionConfig, MapperConfig
     from semantic_mapping.pipeline import Mapper
     from semantic_mapping.sim.sequence import simulate

@@ -40,6 +40,7 @@ from semantic_mapping.io.image_files import (
     write_rgb,
     write_unchanged,
 )
+from semantic_mapping.atomic_files import atomic_write_text
 from semantic_mapping.types import CameraIntrinsics, Frame, FrameGroundTruth
 
 log = logging.getLogger(__name__)
@@ -68,16 +69,6 @@ STREAMS = {
 
 def _frame_file(root: Path, stream: str, index: int) -> Path:
     return root / stream / f"{index:06d}{STREAMS[stream]}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary file and os.replace (no half-written file on a crash)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _ids_to_png_array(ids: np.ndarray, what: str) -> np.ndarray:
@@ -186,7 +177,7 @@ class DatasetWriter:
                 self._depth_pixels_too_far,
             )
         # dataset.json goes last: its presence marks a complete dataset
-        _atomic_write_text(self.out_dir / POSES_FILE, "".join(self._pose_lines))
+        atomic_write_text(self.out_dir / POSES_FILE, "".join(self._pose_lines))
         K = self.intrinsics
         metadata = {
             "format": FORMAT_NAME,
@@ -207,7 +198,7 @@ class DatasetWriter:
             "streams": dict(sorted(self._stream_counts.items())),
             "meta": self.meta,
         }
-        _atomic_write_text(self.out_dir / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
+        atomic_write_text(self.out_dir / METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
 
     def _check_frame(self, frame: Frame) -> None:
         if frame.intrinsics != self.intrinsics:

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 
 from semantic_mapping.semantics.label_space import LabelSpace
-from semantic_mapping.types import Frame
 
 
 def depth_image(depth_m: np.ndarray, max_depth_m: float = 6.0) -> np.ndarray:

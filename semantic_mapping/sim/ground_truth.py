@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -17,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from semantic_mapping.semantics.label_space import LabelSpace, default_label_space
+from semantic_mapping.atomic_files import atomic_write_bytes
 from semantic_mapping.sim.primitives import TextureSpec, points_inside, solid_aabb, solid_mesh
 
 _HIDDEN_EPS_M = 1e-3  # a surface sample is hidden when this far along its normal lies inside a solid
@@ -144,7 +144,7 @@ class SceneMesh:
             data = self._ply_bytes(label_space or default_label_space())
         else:
             raise ValueError(f"{path}: scene meshes are saved as .npz or .ply")
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
 
     @classmethod
     def load(cls, path: os.PathLike) -> "SceneMesh":
@@ -238,19 +238,6 @@ class SceneMesh:
 def save_scene_mesh(mesh: SceneMesh, path: os.PathLike, label_space: Optional[LabelSpace] = None) -> None:
     """Write `mesh` to `.npz` (complete, loadable) or `.ply` (per-face class, instance, class colour)."""
     mesh.save(path, label_space)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- voxels

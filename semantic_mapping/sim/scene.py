@@ -15,7 +15,6 @@ import colorsys
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -23,7 +22,8 @@ from scipy import ndimage
 
 from semantic_mapping.config import SceneConfig
 from semantic_mapping.semantics.label_space import default_label_space
-from semantic_mapping.sim.ground_truth import InstanceInfo, SceneMesh, _atomic_write
+from semantic_mapping.atomic_files import atomic_write_bytes
+from semantic_mapping.sim.ground_truth import InstanceInfo, SceneMesh
 from semantic_mapping.sim.primitives import (
     BOX,
     Solid,
@@ -231,7 +231,7 @@ class SceneSpec:
 
     def save(self, path) -> None:
         """Write the spec as JSON (atomically: temp file, then rename)."""
-        _atomic_write(Path(path), json.dumps(self.to_dict(), indent=1).encode("utf-8"))
+        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode("utf-8"))
 
     @classmethod
     def load(cls, path) -> "SceneSpec":

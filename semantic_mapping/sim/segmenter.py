@@ -45,10 +45,12 @@ CONFUSION_GROUPS = (
 
 _WORLD_FEATURES = 64  # random Fourier features of the world-space noise field
 _FRAME_FEATURES = 32  # random Fourier features of the image-space noise field
-_BISECTION_STEPS = 12
+_BISECTION_STEPS = 9
+_INITIAL_STRENGTH = 0.5  # upper end of the first bracket, doubled until it brackets the target
 _RECHECK_TOLERANCE = 0.01  # full-resolution mIoU error that triggers a second solve
 _TEMPERATURE_SAMPLES = 4096
 _MAX_INV_TEMPERATURE = 30.0
+_LOGIT_FLOOR = -80.0  # exp(-80) is still a normal float32
 _SALT_FIELDS, _SALT_INSTANCE, _SALT_FRAME = 0x5E6, 0x1A5, 0xF4A
 
 
@@ -118,10 +120,18 @@ class SimulatedSegmenter:
         self._is_object = np.array([r == "object" for r in self.label_space.roles])  # [C]
         rng = np.random.default_rng([self.seed, _SALT_FIELDS])
         # Random Fourier features: cos(x @ freq + phase) @ amp is a smooth Gaussian field of unit variance.
-        self._world_freq = (rng.normal(size=(3, _WORLD_FEATURES)) / cfg.world_noise_scale_m).astype(np.float32)
-        self._world_phase = rng.uniform(0, 2 * np.pi, _WORLD_FEATURES).astype(np.float32)
-        self._world_amp = (rng.normal(size=(_WORLD_FEATURES, C)) * np.sqrt(2 / _WORLD_FEATURES)).astype(np.float32)
-        self._frame_freq = rng.normal(size=(2, _FRAME_FEATURES)) / cfg.frame_noise_scale_frac  # per image width
+        # World fields over x = (world point, viewing direction): the first block ignores the direction
+        # (view-independent), the second also varies with it (errors change with the viewpoint).
+        F = _WORLD_FEATURES
+        freq = rng.normal(size=(6, 2 * F)) / np.repeat([cfg.world_noise_scale_m, cfg.view_noise_scale_rad], 3)[:, None]
+        freq[3:, :F] = 0.0
+        amp = rng.normal(size=(2 * F, C)) * np.sqrt(2 / F)
+        amp[:F] *= cfg.world_noise_weight
+        amp[F:] *= cfg.view_noise_weight
+        self._world_freq = freq.astype(np.float32)  # [6, 2F] rad/m, rad/rad
+        self._world_phase = rng.uniform(0, 2 * np.pi, 2 * F).astype(np.float32)
+        self._world_amp = amp.astype(np.float32)  # [2F, C]
+        self._frame_freq = (rng.normal(size=(2, _FRAME_FEATURES)) / cfg.frame_noise_scale_frac).astype(np.float32)
         self._frame_phase = rng.uniform(0, 2 * np.pi, _FRAME_FEATURES)
         self._frame_rate = rng.normal(size=_FRAME_FEATURES) * 2.0 / cfg.frame_noise_period_s  # rad/s
         self._frame_amp = (rng.normal(size=(_FRAME_FEATURES, C)) * np.sqrt(2 / _FRAME_FEATURES)).astype(np.float32)
@@ -139,16 +149,20 @@ class SimulatedSegmenter:
         # Solve at the work resolution, check once at full resolution (upsampling shifts the mIoU a
         # little: small regions shrink or vanish) and re-solve against the corrected target.
         strength = self._solve_strength(terms, target)
-        logits = self._upsampled_logits(terms, strength, gt.labels.shape)  # [H, W, C]
+        logits = self._upsample(terms.evidence + strength * terms.noise, terms.shape, gt.labels.shape)  # [H, W, C]
         reached = miou_from_confusion(_confusion(logits.argmax(axis=2), gt.labels, self.num_classes))
         if abs(reached - target) > _RECHECK_TOLERANCE:
             strength = self._solve_strength(terms, target + float(np.clip(target - reached, -0.1, 0.1)))
-            logits = self._upsampled_logits(terms, strength, gt.labels.shape)
         rng = np.random.default_rng([self.seed, _SALT_FRAME, frame.stamp_ns % 2**63])
         beta = self._fit_inverse_temperature(terms.evidence + strength * terms.noise, terms.centre_labels, rng)
-        logits *= beta * self.config.overconfidence
-        logits -= logits.max(axis=2, keepdims=True)
-        probs = np.exp(logits, out=logits)  # [H, W, C]
+        beta *= self.config.overconfidence
+        # Softmax of the upsampled beta * logits. Shifting each work pixel's logits by its maximum
+        # changes every upsampled pixel by one constant (interpolation is linear), so the result is
+        # the same; the floor keeps the exponentials above float32 underflow.
+        scaled = beta * (terms.evidence + strength * terms.noise)  # [n, C]
+        scaled = np.maximum(scaled - scaled.max(axis=1, keepdims=True), _LOGIT_FLOOR)
+        probs = self._upsample(scaled, terms.shape, gt.labels.shape)
+        np.exp(probs, out=probs)  # [H, W, C]
         probs /= probs.sum(axis=2, keepdims=True)
         return probs
 
@@ -160,13 +174,13 @@ class SimulatedSegmenter:
 
     # ------------------------------------------------------------------ model
     @staticmethod
-    def _upsampled_logits(terms: _FrameTerms, strength: float, shape: tuple) -> np.ndarray:
-        """[H, W, C] float32 logits at `strength`, bilinearly upsampled from the work resolution."""
-        h, w = terms.shape
-        logits = (terms.evidence + strength * terms.noise).astype(np.float32).reshape(h, w, -1)
+    def _upsample(values: np.ndarray, work_shape: tuple, shape: tuple) -> np.ndarray:
+        """[n, C] per-work-pixel values -> [H, W, C] float32, bilinearly upsampled (as networks do)."""
+        h, w = work_shape
+        values = values.astype(np.float32).reshape(h, w, -1)
         if (h, w) != tuple(shape):
-            logits = cv2.resize(logits, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        return logits
+            values = cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        return values
 
     def _frame_terms(self, frame: Frame, gt: FrameGroundTruth) -> _FrameTerms:
         cfg, C = self.config, self.num_classes
@@ -192,7 +206,7 @@ class SimulatedSegmenter:
         depth_m = np.asarray(depth, np.float32)[np.ix_(rows, cols)]  # [h, w] metres
         instances = gt.instances[np.ix_(rows, cols)] if gt.instances is not None else np.zeros((h, w), np.int64)
         u, v = np.meshgrid(cols.astype(np.float32), rows.astype(np.float32))  # [h, w] pixels
-        K = frame.intrinsics.K
+        K = frame.intrinsics.K.astype(np.float32)
         ray_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)  # [h, w, 3]
 
         multiplier = self._difficulty(depth_m, ray_cam, gt, rows, cols, u, v, W)  # [h, w]
@@ -209,13 +223,16 @@ class SimulatedSegmenter:
             pull_class[is_object] = traits[inverse, 1].astype(np.int64)
             pull[is_object] = traits[inverse, 2]
 
-        points_world = (ray_cam * depth_m[..., None]).reshape(-1, 3) @ frame.T_world_cam[:3, :3].T.astype(
-            np.float32
-        ) + frame.T_world_cam[:3, 3].astype(np.float32)  # [n, 3] metres
-        field = cfg.world_noise_weight * (np.cos(points_world @ self._world_freq + self._world_phase) @ self._world_amp)
+        R = frame.T_world_cam[:3, :3].astype(np.float32)
+        rays_world = ray_cam.reshape(-1, 3) @ R.T  # [n, 3], unit depth
+        points_world = rays_world * depth_m.reshape(-1, 1) + frame.T_world_cam[:3, 3].astype(np.float32)  # [n, 3] m
+        view_dirs = rays_world / np.linalg.norm(rays_world, axis=1, keepdims=True)  # [n, 3]
+        x = np.concatenate([points_world, view_dirs], axis=1)  # [n, 6]
+        field = np.cos(x @ self._world_freq + self._world_phase) @ self._world_amp  # [n, C]
         t = frame.stamp_ns * 1e-9
-        uv = np.stack([u.ravel(), v.ravel()], axis=1) / W  # [n, 2] image widths
-        phase = (uv @ self._frame_freq + self._frame_phase + self._frame_rate * t).astype(np.float32)
+        uv = np.stack([u.ravel(), v.ravel()], axis=1) / np.float32(W)  # [n, 2] image widths
+        drift = ((self._frame_phase + self._frame_rate * t) % (2 * np.pi)).astype(np.float32)  # [F] radians
+        phase = uv @ self._frame_freq + drift
         field += cfg.frame_noise_weight * (np.cos(phase) @ self._frame_amp)
         # Who the noise can turn a pixel into: classes alike its own (the fixed confusion structure,
         # damped for classes absent from the view) and the classes of its neighbourhood.
@@ -302,9 +319,9 @@ class SimulatedSegmenter:
 
     def _solve_strength(self, terms: _FrameTerms, target: float) -> float:
         """Strength whose mIoU is nearest `target` (mIoU falls as strength grows)."""
-        if not terms.counts.any():
-            return 1.0
-        lo, hi = 0.0, 1.0
+        if not terms.counts.any():  # nothing labelled: any strength meets any target
+            return _INITIAL_STRENGTH
+        lo, hi = 0.0, _INITIAL_STRENGTH
         miou_lo, miou_hi = self._miou(terms, lo), self._miou(terms, hi)
         if miou_lo <= target:
             return 0.0
