@@ -140,6 +140,22 @@ def test_mesh_and_traversability(fused):
     assert cell(0.0, -ROOM_HALF_M + 0.02) == TraversabilityGrid.OCCUPIED  # a wall
 
 
+def test_chunks_read_densely_and_count_updates(fused):
+    vmap = fused.map
+    assert sum(vmap.chunk_updates.values()) >= fused.stats.frames_integrated
+    chunk = max(vmap.chunk_updates, key=vmap.chunk_updates.get)
+    dense = vmap.read_chunk(chunk)
+    assert dense["tsdf"].shape == tuple(vmap.config.chunk_shape_voxels)
+    observed = np.argwhere(dense["weight"] > 0)
+    assert len(observed) > 100
+    pick = observed[np.random.default_rng(0).choice(len(observed), 200)]
+    values = vmap.voxel_values(pick + dense["origin_index"])
+    np.testing.assert_allclose(dense["tsdf"][tuple(pick.T)] * vmap.sdf_trunc_m, values["sdf_m"], atol=1e-6)
+    np.testing.assert_array_equal(dense["weight"][tuple(pick.T)], values["weight"])
+    labelled = values["labels"] >= 0
+    np.testing.assert_array_equal(dense["log_probs"][tuple(pick.T)].argmax(-1)[labelled], values["labels"][labelled])
+
+
 def test_weight_cap():
     cfg = MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu", max_weight=3))
     world, mapper = SphereInBox(), Mapper(cfg)

@@ -9,6 +9,7 @@ Voxel (i, j, k) has its centre at (i, j, k) * voxel_size_m in the world frame (z
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from torch.utils.dlpack import from_dlpack
 from semantic_mapping.atomic_files import atomic_save_npz
 from semantic_mapping.config import FusionConfig, SemanticFusionConfig, config_to_dict, resolve_device
 from semantic_mapping.geometry import invert_pose
-from semantic_mapping.semantics.bayesian import PixelSemantics, bayesian_update, decode_distribution
+from semantic_mapping.semantics.bayesian import LOG_PROB_SCALE, PixelSemantics, bayesian_update, decode_distribution
 from semantic_mapping.types import CameraIntrinsics, RenderedView
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class VoxelMap:
         self._grid = self._new_grid(config.initial_block_capacity)
         self._integrations = 0
         self._raycast_blocks_seen = 0
+        self.chunk_updates: collections.Counter = collections.Counter()  # chunk index -> integrations touching it
 
     # ------------------------------------------------------------------ storage
     def _new_grid(self, capacity: int) -> o3d.t.geometry.VoxelBlockGrid:
@@ -129,6 +131,7 @@ class VoxelMap:
     def reset(self) -> None:
         """Forget everything."""
         self._grid = self._new_grid(self.config.initial_block_capacity)
+        self.chunk_updates.clear()
 
     # ------------------------------------------------------------------ integration
     def integrate(
@@ -156,6 +159,7 @@ class VoxelMap:
         self._integrations += 1
         if self._integrations % _WEIGHT_CAP_PERIOD == 0:
             self._cap_weights()
+        self._count_chunk_updates(block_coords)
         updated = 0
         if semantics is not None:
             updated = self._integrate_semantics(block_coords, depth_m, intrinsics, T_cam_world, semantics)
@@ -214,6 +218,69 @@ class VoxelMap:
         count = self._flat("semantic_count")
         count[voxels] = (count[voxels].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
         return int(len(voxels))
+
+    # ------------------------------------------------------------------ chunks
+    @property
+    def chunk_shape_voxels(self) -> np.ndarray:  # [3] voxels per chunk along x, y, z
+        shape = np.asarray(self.config.chunk_shape_voxels, dtype=np.int64)
+        if shape.shape != (3,) or np.any(shape % self.block_resolution):
+            raise ValueError(f"fusion.chunk_shape_voxels {tuple(shape)} must be 3 multiples of the block resolution")
+        return shape
+
+    def _count_chunk_updates(self, block_coords: o3c.Tensor) -> None:
+        blocks_per_chunk = self.chunk_shape_voxels // self.block_resolution
+        chunks = np.floor_divide(block_coords.cpu().numpy().astype(np.int64), blocks_per_chunk)
+        for chunk in np.unique(chunks, axis=0):
+            self.chunk_updates[tuple(int(c) for c in chunk)] += 1
+
+    def read_chunk(self, chunk_index) -> dict:
+        """Dense arrays of one chunk (SSR-2D subvolume), voxel order [x, y, z]; unobserved voxels have weight 0.
+
+        Returns tsdf [X, Y, Z] (in [-1, 1], 1 where unobserved), weight [X, Y, Z], color [X, Y, Z, 3]
+        uint8, log_probs [X, Y, Z, C] float32 (relative to the best class), semantic_count [X, Y, Z],
+        and origin_index [3]: the integer index of voxel [0, 0, 0].
+        """
+        R = self.block_resolution
+        shape = self.chunk_shape_voxels
+        nb = shape // R
+        origin = np.asarray(chunk_index, dtype=np.int64) * shape
+        offsets = np.stack(np.meshgrid(*[np.arange(n) for n in nb], indexing="ij"), -1).reshape(-1, 3)
+        blocks = origin // R + offsets  # [B, 3]
+        buf, found = self._grid.hashmap().find(o3c.Tensor(blocks.astype(np.int32)).to(self._o3d_device))
+        buf = from_dlpack(buf.to_dlpack()).long().cpu()
+        found = from_dlpack(found.to_dlpack()).bool().cpu()
+        X, Y, Z = (int(v) for v in shape)
+        out = {
+            "tsdf": np.ones((X, Y, Z), np.float32),
+            "weight": np.zeros((X, Y, Z), np.float32),
+            "color": np.zeros((X, Y, Z, 3), np.uint8),
+            "log_probs": np.zeros((X, Y, Z, self.num_classes), np.float32),
+            "semantic_count": np.zeros((X, Y, Z), np.int32),
+            "origin_index": origin,
+        }
+        if not found.any():
+            return out
+        present = buf[found]
+        where = offsets[found.numpy()] * R  # [P, 3] block origin inside the chunk
+
+        def dense(name, dtype, scale=1.0):  # attribute [P, z, y, x, ch] -> [P, x, y, z, ch]
+            values = self.attribute(name)[present.to(self.attribute(name).device)].cpu()
+            if values.dtype == torch.uint16:
+                values = values.to(torch.int32)
+            return (values.permute(0, 3, 2, 1, 4).numpy() * scale).astype(dtype)
+
+        fields = {
+            "tsdf": dense("tsdf", np.float32)[..., 0],
+            "weight": dense("weight", np.float32)[..., 0],
+            "color": dense("color", np.uint8),
+            "log_probs": dense("semantic", np.float32, 1.0 / LOG_PROB_SCALE),
+            "semantic_count": dense("semantic_count", np.int32)[..., 0],
+        }
+        for key, values in fields.items():
+            for (x, y, z), block_values in zip(where, values):
+                out[key][x:x + R, y:y + R, z:z + R] = block_values
+        out["tsdf"][out["weight"] == 0] = 1.0
+        return out
 
     # ------------------------------------------------------------------ queries
     def lookup(self, voxel_indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
