@@ -72,10 +72,11 @@ def metrics_table(rows: list) -> str:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
-    from semantic_mapping.eval.mapping_eval import FrameSegmentationTally, evaluate_map
+    from semantic_mapping.eval.mapping_eval import FrameSegmentationTally, SurfaceVisibility, evaluate_map
     from semantic_mapping.io.exports import write_json, write_png
     from semantic_mapping.io.pictures import frame_contact_sheet
     from semantic_mapping.pipeline import Mapper
+    from semantic_mapping.sim.ground_truth import voxelize_surface
     from semantic_mapping.sim.sequence import DEMO_SEED, simulate
 
     out = Path(args.out)
@@ -83,6 +84,7 @@ def cmd_demo(args) -> int:
     recording = simulate(args.seed if args.seed is not None else DEMO_SEED, num_frames=args.frames)
     mapper = Mapper(_load_mapper_config(args))
     tally = FrameSegmentationTally(mapper.label_space.num_classes, mapper.label_space.ignore_id)
+    visibility = SurfaceVisibility(voxelize_surface(recording.mesh, mapper.voxel_size_m))
     held_out = []
     integrate_s = []
     for i in _progress(range(len(recording)), len(recording), "mapping"):
@@ -90,6 +92,7 @@ def cmd_demo(args) -> int:
             continue
         frame = recording.frame(i, masks=False)
         tally.add(frame)
+        visibility.add(frame)
         result = mapper.integrate(frame)
         integrate_s.append(result.seconds)
     for i in np.linspace(args.stride // 2 + 1, len(recording) - 1, 3).astype(int):
@@ -97,7 +100,7 @@ def cmd_demo(args) -> int:
     paths = write_map_outputs(mapper, out)
     render_comparison(mapper, held_out, out / "renders.png")
     write_png(out / "frames.png", frame_contact_sheet(held_out, mapper.label_space))
-    quality = evaluate_map(mapper, recording.mesh)
+    quality = evaluate_map(mapper, recording.mesh, visibility)
     rows = [
         ("frames integrated", mapper.stats.frames_integrated, "frames"),
         ("input 2D mIoU (mean per frame)", tally.mean_miou, ""),

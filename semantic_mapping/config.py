@@ -57,12 +57,9 @@ class SemanticFusionConfig:
     """Per-pixel class probabilities are clipped up to this before taking logs."""
     min_log_prob: float = -30.0
     """Per-voxel log-probabilities (relative to the best class) are clamped at this."""
-    surface_band_voxels: float = 1.0
-    """Voxels whose centre is within this many voxels of the observed surface (along its normal) are updated."""
-    range_reference_m: float = 1.5
-    """Observations beyond this range weigh (range_reference_m / depth)^2; 0 disables range weighting."""
-    incidence_weighting: bool = True
-    """Observations of surfaces seen at a grazing angle weigh |cos(incidence)|."""
+    pixel_stride: Optional[int] = None
+    """Every Nth pixel along each axis votes for the voxel holding its surface point; None: the largest
+    stride whose pixel footprint at fusion.depth_max_m stays under a voxel."""
 
 
 @dataclass
@@ -262,7 +259,7 @@ class SegmenterSimConfig:
     """Weight of the world-anchored noise field."""
     view_noise_weight: float = 0.7
     """Weight of a world-anchored noise field that also changes with the viewing direction."""
-    view_noise_scale_rad: float = 0.3
+    view_noise_scale_rad: float = 0.5
     """Change of viewing direction over which that field decorrelates."""
     frame_noise_scale_frac: float = 0.15
     """Correlation length of the per-frame image-space noise field, as a fraction of the image width."""
@@ -272,7 +269,7 @@ class SegmenterSimConfig:
     """Time over which the per-frame noise field decorrelates."""
     other_class_weight: float = 0.2
     """Noise towards classes unlike the true one, relative to classes confusable with it."""
-    absent_class_weight: float = 0.15
+    absent_class_weight: float = 0.1
     """Noise towards classes absent from the view's ground truth, relative to present ones."""
     context_px: float = 24.0
     """Std of the neighbourhood whose classes a pixel can be mistaken for, in pixels of a 640-pixel-wide image."""
@@ -325,7 +322,7 @@ class MaskSimConfig:
     miss_area_fraction: float = 0.08
     """Image-area fraction above which objects are never missed."""
     stuff_masks: bool = True
-    """Also make masks of unlabelled-instance surfaces (walls, floor), one per class, plane and component."""
+    """Also make masks of floor and structure surfaces (one per instance, class, plane orientation and component)."""
     boundary_jitter_px: float = 2.0
     """Scale of the random in-and-out wobble of mask boundaries, in pixels of a 640-pixel-wide image."""
 

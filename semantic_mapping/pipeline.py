@@ -117,10 +117,7 @@ def validate_frame(frame: Frame, num_classes: int, ignore_id: int, config: Mappe
         probs = frame.class_probs
         if probs.shape != (H, W, num_classes):
             raise FrameRejected("probs_shape", f"class_probs must be [H, W, C] = {(H, W, num_classes)}, got {probs.shape}")
-        probs = np.asarray(probs, dtype=np.float32)
-        if not np.isfinite(probs).all() or (probs < 0).any():
-            raise FrameRejected("probs_invalid", "class_probs hold negative or non-finite values")
-        out.class_probs = probs
+        out.class_probs = probs  # values are checked where the map samples them (PixelSemantics)
     elif frame.labels is not None:
         labels = frame.labels
         if labels.shape != (H, W):
@@ -172,19 +169,26 @@ class Mapper:
                     clean, self.label_space.num_classes, self.label_space.ignore_id, self.config, self.stats.last_stamp_ns
                 )
         except FrameRejected as exc:
-            self.stats.frames_rejected[exc.reason] += 1
-            log.warning("frame at %s ns rejected (%s): %s", getattr(frame, "stamp_ns", "?"), exc.reason, exc)
-            return IntegrationResult(False, exc.reason, str(exc))
-        self.stats.pixels_cleaned.update(cleaned)
+            return self._reject(frame, exc)
         semantics = None
         if clean.has_semantics:
-            semantics = PixelSemantics(clean, self.label_space.num_classes, self.config.semantics, self.map.device)
+            pixels = self.map.sample_pixels(clean.depth_m.shape, clean.intrinsics)
+            try:
+                semantics = PixelSemantics(clean, pixels, self.label_space.num_classes, self.config.semantics)
+            except ValueError as exc:
+                return self._reject(frame, FrameRejected("semantics_invalid", str(exc)))
+        self.stats.pixels_cleaned.update(cleaned)
         self.map.integrate(clean.depth_m, clean.rgb, clean.intrinsics, clean.T_world_cam, semantics)
         seconds = time.perf_counter() - start
         self.stats.frames_integrated += 1
         self.stats.integrate_seconds_total += seconds
         self.stats.last_stamp_ns = clean.stamp_ns
         return IntegrationResult(True, seconds=seconds)
+
+    def _reject(self, frame: Frame, exc: FrameRejected) -> IntegrationResult:
+        self.stats.frames_rejected[exc.reason] += 1
+        log.warning("frame at %s ns rejected (%s): %s", getattr(frame, "stamp_ns", "?"), exc.reason, exc)
+        return IntegrationResult(False, exc.reason, str(exc))
 
     # ------------------------------------------------------------------ outputs
     def labelled_voxels(self) -> LabelledVoxels:

@@ -17,8 +17,8 @@ def test_unknown_key_is_named():
 def test_mistyped_value_is_named():
     with pytest.raises(ConfigError, match="fusion.block_resolution"):
         config_from_dict(MapperConfig, {"fusion": {"block_resolution": "eight"}})
-    with pytest.raises(ConfigError, match="semantics.incidence_weighting"):
-        config_from_dict(MapperConfig, {"semantics": {"incidence_weighting": 1}})
+    with pytest.raises(ConfigError, match="inputs.allow_stamp_rewind"):
+        config_from_dict(MapperConfig, {"inputs": {"allow_stamp_rewind": 1}})
 
 
 def test_overrides_and_optional_values():

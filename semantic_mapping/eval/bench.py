@@ -64,12 +64,14 @@ def _map_scene(seed: int, num_frames: int, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from semantic_mapping.config import FusionConfig, MapperConfig
-    from semantic_mapping.eval.mapping_eval import FrameSegmentationTally, evaluate_map
+    from semantic_mapping.eval.mapping_eval import FrameSegmentationTally, SurfaceVisibility, evaluate_map
     from semantic_mapping.eval.metrics import instance_iou
     from semantic_mapping.pipeline import Mapper
+    from semantic_mapping.sim.ground_truth import voxelize_surface
     from semantic_mapping.sim.sequence import simulate
 
     recording = simulate(seed, num_frames=num_frames)
+    visibility = SurfaceVisibility(voxelize_surface(recording.mesh, VOXEL_SIZE_M))
     config = MapperConfig(fusion=FusionConfig(voxel_size_m=VOXEL_SIZE_M, device="cpu"))
     mapper = Mapper(config)
     reference = _open3d_reference_integrate(VOXEL_SIZE_M, config.fusion.sdf_trunc_voxels, config.fusion.depth_max_m)
@@ -80,6 +82,7 @@ def _map_scene(seed: int, num_frames: int, progress: bool = True) -> dict:
         frame = recording.frame(i)
         generate_s.append(time.perf_counter() - t0)
         tally.add(frame)
+        visibility.add(frame)
         if frame.ground_truth.instances.any():
             mask_iou.append(instance_iou(frame.instance_masks, frame.ground_truth.instances))
         t0 = time.perf_counter()
@@ -90,7 +93,7 @@ def _map_scene(seed: int, num_frames: int, progress: bool = True) -> dict:
         ours_s.append(time.perf_counter() - t0)
         if not result.accepted:
             raise RuntimeError(f"benchmark frame {i} of scene {seed} was rejected: {result.message}")
-    quality = evaluate_map(mapper, recording.mesh)
+    quality = evaluate_map(mapper, recording.mesh, visibility)
     return {
         "seed": seed,
         "frames": len(recording),

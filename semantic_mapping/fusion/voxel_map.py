@@ -25,7 +25,13 @@ from torch.utils.dlpack import from_dlpack
 from semantic_mapping.atomic_files import atomic_save_npz
 from semantic_mapping.config import FusionConfig, SemanticFusionConfig, config_to_dict, resolve_device
 from semantic_mapping.geometry import invert_pose
-from semantic_mapping.semantics.bayesian import LOG_PROB_SCALE, PixelSemantics, bayesian_update, decode_distribution
+from semantic_mapping.semantics.bayesian import (
+    LOG_PROB_SCALE,
+    PixelSemantics,
+    bayesian_update,
+    decode_distribution,
+    observation_log_likelihood,
+)
 from semantic_mapping.types import CameraIntrinsics, RenderedView
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,7 @@ class VoxelMap:
         self._integrations = 0
         self._raycast_blocks_seen = 0
         self.chunk_updates: collections.Counter = collections.Counter()  # chunk index -> integrations touching it
+        self._rays_cache: dict = {}
 
     # ------------------------------------------------------------------ storage
     def _new_grid(self, capacity: int) -> o3d.t.geometry.VoxelBlockGrid:
@@ -162,62 +169,65 @@ class VoxelMap:
         self._count_chunk_updates(block_coords)
         updated = 0
         if semantics is not None:
-            updated = self._integrate_semantics(block_coords, depth_m, intrinsics, T_cam_world, semantics)
+            updated = self._integrate_semantics(depth_m, intrinsics, T_world_cam, semantics)
         return IntegrationStats(blocks_touched=int(block_coords.shape[0]), voxels_semantic_updated=updated)
 
     def _integrate_semantics(
         self,
-        block_coords: o3c.Tensor,  # [B, 3] int32
         depth_m: np.ndarray,  # [H, W]
         intrinsics: CameraIntrinsics,
-        T_cam_world: np.ndarray,  # [4, 4]
+        T_world_cam: np.ndarray,  # [4, 4]
         semantics: PixelSemantics,
     ) -> int:
-        """Bayesian update of the voxels whose centre lies within one voxel of the observed surface.
+        """Bayesian update of the voxels that contain the observed surface (pixel-driven).
 
-        Distances along the viewing ray overestimate the distance to a surface seen at a grazing
-        angle; the projective distance is scaled by |cos| of the angle between the ray and the
-        surface normal estimated from the depth image, so grazing floors get their surface voxels.
+        Every `pixel_stride`-th pixel is back-projected to the voxel holding its surface point; a
+        voxel's pixels in this frame are averaged into one observation of weight 1, the same weight
+        the TSDF gives the frame.
         """
-        buf_indices, _ = self._grid.hashmap().find(block_coords)
-        voxel_coords, flat_indices = self._grid.voxel_coordinates_and_flattened_indices(buf_indices.to(o3c.int32))
-        points_world = from_dlpack(voxel_coords.to_dlpack())  # [N, 3] float32 metres
-        flat_indices = from_dlpack(flat_indices.to_dlpack())  # [N] int64
-        dev = points_world.device
-        T = torch.from_numpy(T_cam_world.astype(np.float32)).to(dev)
-        points_cam = points_world @ T[:3, :3].T + T[:3, 3]
-        z = points_cam[:, 2]
-        H, W = depth_m.shape
-        u = torch.round(points_cam[:, 0] / z * intrinsics.fx + intrinsics.cx)
-        v = torch.round(points_cam[:, 1] / z * intrinsics.fy + intrinsics.cy)
-        inside = (z > 0) & (u >= 1) & (u < W - 1) & (v >= 1) & (v < H - 1)
-        u, v, z, flat_indices = u[inside].long(), v[inside].long(), z[inside], flat_indices[inside]
-        depth = torch.from_numpy(np.ascontiguousarray(depth_m, dtype=np.float32)).to(dev)  # [H, W]
-        d = depth[v, u]
-        sdf_m = d - z
-        candidate = (d > 0) & (sdf_m.abs() < self.sdf_trunc_m)
-        u, v, d, sdf_m, flat_indices = u[candidate], v[candidate], d[candidate], sdf_m[candidate], flat_indices[candidate]
-        cos = _view_cosine(depth, u, v, d, intrinsics)
-        cfg = self.semantics_config
-        band_m = cfg.surface_band_voxels * self.voxel_size_m
-        perpendicular_m = sdf_m.abs() * cos
-        near = perpendicular_m < band_m
-        pixel = v[near] * W + u[near]
-        voxels = flat_indices[near]
-        weight = 1.0 - perpendicular_m[near] / band_m
-        if cfg.incidence_weighting:
-            weight = weight * cos[near]
-        if cfg.range_reference_m > 0:
-            weight = weight * (cfg.range_reference_m / d[near]).square().clamp_max(1.0)
-        log_lik, kept = semantics.log_likelihood(pixel)
-        voxels, weight = voxels[kept], weight[kept]
-        if len(voxels) == 0:
+        pixel = semantics.pixel_index  # [P]
+        d = depth_m.reshape(-1)[pixel]
+        valid = (d > self.config.depth_min_m) & (d < self.config.depth_max_m) & semantics.known
+        points_cam = self._pixel_rays(depth_m.shape, intrinsics, pixel)[valid] * d[valid, None]
+        R_wc = T_world_cam[:3, :3].astype(np.float32)
+        points_world = points_cam @ R_wc.T + T_world_cam[:3, 3].astype(np.float32)
+        flat, found = self.lookup(np.floor(points_world * (1.0 / self.voxel_size_m) + 0.5).astype(np.int64))
+        if not found.any():
             return 0
+        rows = torch.from_numpy(np.nonzero(valid)[0])[found]
+        voxels, inverse = torch.unique(flat[found], return_inverse=True)
+        # One observation per voxel and frame: the mean of its pixels' class probabilities.
+        probs = semantics.probs[rows]
+        summed = torch.zeros((len(voxels), probs.shape[1]), dtype=probs.dtype).index_add_(0, inverse, probs)
+        log_lik = observation_log_likelihood(summed, semantics.floor * summed.sum(dim=1, keepdim=True))
+        sem_device = self._flat("semantic").device
+        voxels, log_lik = voxels.to(sem_device), log_lik.to(sem_device)
+        weight = torch.ones(len(voxels), device=sem_device)
         sem = self._flat("semantic")
         sem[voxels] = bayesian_update(sem[voxels], log_lik, weight, self.semantics_config.min_log_prob)
         count = self._flat("semantic_count")
         count[voxels] = (count[voxels].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
         return int(len(voxels))
+
+    def _pixel_rays(self, shape: tuple, intrinsics: CameraIntrinsics, pixel_index: np.ndarray) -> np.ndarray:
+        """Camera rays [P, 3] (z = 1) through flat pixel indices, from a per-camera cache of all rays."""
+        key = (shape, intrinsics)
+        if self._rays_cache.get("key") != key:
+            H, W = shape
+            v, u = np.mgrid[0:H, 0:W].reshape(2, -1)
+            rays = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, np.ones(len(u))], 1)
+            self._rays_cache = {"key": key, "rays": rays.astype(np.float32)}
+        return self._rays_cache["rays"][pixel_index]
+
+    def sample_pixels(self, shape: tuple, intrinsics: CameraIntrinsics) -> np.ndarray:
+        """Flat indices [P] of the pixels whose semantics the map reads: every `pixel_stride`-th along
+        each axis (auto: the largest stride whose pixel footprint at the maximum depth is under a voxel)."""
+        stride = self.semantics_config.pixel_stride
+        if stride is None:
+            stride = int(max(1, np.floor(self.voxel_size_m * min(intrinsics.fx, intrinsics.fy) / self.config.depth_max_m)))
+        H, W = shape
+        v, u = np.mgrid[stride // 2:H:stride, stride // 2:W:stride].reshape(2, -1)
+        return v * W + u
 
     # ------------------------------------------------------------------ chunks
     @property
@@ -286,18 +296,16 @@ class VoxelMap:
     def lookup(self, voxel_indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat storage indices of integer voxel indices [N, 3].
 
-        Returns (flat [N] int64, found [N] bool); flat is meaningless where not found.
+        Returns (flat [N] int64, found [N] bool), both on the CPU; flat is meaningless where not found.
         """
         R = self.block_resolution
-        idx = torch.from_numpy(np.ascontiguousarray(voxel_indices, dtype=np.int64))
-        block = torch.div(idx, R, rounding_mode="floor")
+        idx = np.asarray(voxel_indices, dtype=np.int64)
+        block = idx >> int(np.log2(R)) if R & (R - 1) == 0 else np.floor_divide(idx, R)
         local = idx - block * R
-        keys = o3c.Tensor(block.to(torch.int32).numpy()).to(self._o3d_device)
-        buf, found = self._grid.hashmap().find(keys)
-        buf = from_dlpack(buf.to_dlpack()).long().cpu()
-        found = from_dlpack(found.to_dlpack()).bool().cpu()
+        buf, found = self._grid.hashmap().find(o3c.Tensor(block.astype(np.int32)).to(self._o3d_device))
+        buf = buf.cpu().numpy().astype(np.int64)
         flat = buf * R**3 + (local[:, 2] * R + local[:, 1]) * R + local[:, 0]
-        return flat, found
+        return torch.from_numpy(flat), torch.from_numpy(found.cpu().numpy())
 
     def voxel_values(self, voxel_indices: np.ndarray) -> dict:
         """Per-voxel tsdf (metres), weight, colour, label, confidence, semantic count at integer indices [N, 3].
@@ -498,31 +506,3 @@ class VoxelMap:
         if int(meta.get("version", 0)) > MAP_FORMAT_VERSION:
             raise ValueError(f"{path}: map format version {meta['version']} is newer than this build reads ({MAP_FORMAT_VERSION})")
         return meta, arrays
-
-
-def _view_cosine(
-    depth: torch.Tensor,  # [H, W] metres
-    u: torch.Tensor,  # [N] int64 pixel columns, 1 <= u < W - 1
-    v: torch.Tensor,  # [N] int64 pixel rows
-    d: torch.Tensor,  # [N] depth at (v, u), metres
-    intrinsics: CameraIntrinsics,
-    min_cos: float = 0.2,
-) -> torch.Tensor:  # [N] |cos| between the viewing ray and the surface normal, in [min_cos, 1]
-    """Surface-normal cosine from central differences of the back-projected depth image.
-
-    Pixels whose neighbours are missing or across a depth jump get 1 (no correction).
-    """
-    def point(uu, vv):  # camera-frame point of pixels (uu, vv), [N, 3]
-        dd = depth[vv, uu]
-        return torch.stack([(uu - intrinsics.cx) / intrinsics.fx * dd, (vv - intrinsics.cy) / intrinsics.fy * dd, dd], 1), dd
-
-    right, d_r = point(u + 1, v)
-    left, d_l = point(u - 1, v)
-    down, d_d = point(u, v + 1)
-    up, d_u = point(u, v - 1)
-    normal = torch.cross(right - left, down - up, dim=1)
-    ray = torch.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, torch.ones_like(d)], 1)
-    cos = (normal * ray).sum(1).abs() / (normal.norm(dim=1) * ray.norm(dim=1)).clamp_min(1e-12)
-    neighbours = torch.stack([d_r, d_l, d_d, d_u], 1)
-    smooth = (neighbours > 0).all(1) & ((neighbours - d[:, None]).abs() < 0.05 * d[:, None] + 0.02).all(1)
-    return torch.where(smooth, cos.clamp(min_cos, 1.0), torch.ones_like(cos))

@@ -19,57 +19,39 @@ LOG_PROB_SCALE = 1024.0
 
 
 class PixelSemantics:
-    """One frame's 2D semantics, sampled lazily at the pixels the map needs.
+    """One frame's 2D semantics at the pixels the map samples, as class probabilities [P, C].
 
-    Holds either class probabilities [H, W, C] or labels [H, W] with a confidence, and turns
-    only the sampled pixels into log-likelihood rows, so a frame costs O(sampled pixels x C).
+    Built from class probabilities [H, W, C] or from labels [H, W] with an optional confidence;
+    only the sampled pixels are read, so a frame costs O(P x C). Raises ValueError when a sampled
+    pixel holds a negative or non-finite probability.
     """
 
-    def __init__(self, frame: Frame, num_classes: int, config: SemanticFusionConfig, device: str = "cpu"):
-        self.num_classes = num_classes
-        self.floor = float(config.probability_floor)
-        self.device = device
-        H, W = frame.depth_m.shape
+    def __init__(self, frame: Frame, pixel_index: np.ndarray, num_classes: int, config: SemanticFusionConfig):
+        C = num_classes
+        self.pixel_index = pixel_index  # [P] int64 flat pixel indices
         if frame.class_probs is not None:
-            probs = frame.class_probs
-            if probs.shape != (H, W, num_classes):
-                raise ValueError(f"class_probs has shape {probs.shape}, expected {(H, W, num_classes)}")
-            self.probs = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)).reshape(H * W, num_classes)
-            self.probs = self.probs.to(device)
-            self.labels = None
+            probs = frame.class_probs.reshape(-1, frame.class_probs.shape[-1])[pixel_index]
+            if probs.shape[1] != C:
+                raise ValueError(f"class_probs has {probs.shape[1]} channels, the label space has {C}")
+            if not (np.isfinite(probs).all() and (probs >= 0).all()):
+                raise ValueError("class_probs hold negative or non-finite values")
+            probs = probs.astype(np.float32)
+            self.known = probs.sum(axis=1) > 0  # [P]
         elif frame.labels is not None:
-            self.probs = None
-            self.labels = torch.from_numpy(np.ascontiguousarray(frame.labels, dtype=np.int64)).reshape(-1).to(device)
-            conf = frame.label_confidence
-            if conf is None:
-                self.confidence = None
-                self.default_confidence = float(config.label_confidence)
+            labels = frame.labels.reshape(-1)[pixel_index].astype(np.int64)
+            self.known = (labels >= 0) & (labels < C)
+            if frame.label_confidence is None:
+                conf = np.full(len(labels), config.label_confidence, np.float32)
             else:
-                self.confidence = torch.from_numpy(np.ascontiguousarray(conf, dtype=np.float32)).reshape(-1).to(device)
+                conf = frame.label_confidence.reshape(-1)[pixel_index].astype(np.float32)
+            conf = np.clip(conf, 1.0 / C, 1.0)
+            probs = np.repeat(((1.0 - conf) / (C - 1))[:, None], C, axis=1)
+            rows = np.nonzero(self.known)[0]
+            probs[rows, labels[rows]] = conf[rows]
         else:
             raise ValueError("frame has no semantics (neither class_probs nor labels)")
-
-    def log_likelihood(self, pixel_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log class likelihoods at flat pixel indices [N].
-
-        Returns (log_lik [M, C] float32, kept [N] bool): pixels with an unknown label are not kept.
-        """
-        C = self.num_classes
-        if self.probs is not None:
-            p = self.probs[pixel_index].clamp_min(self.floor)
-            return torch.log(p / p.sum(dim=1, keepdim=True)), torch.ones_like(pixel_index, dtype=torch.bool)
-        labels = self.labels[pixel_index]
-        kept = (labels >= 0) & (labels < C)
-        labels = labels[kept]
-        if self.confidence is None:
-            conf = torch.full(labels.shape, self.default_confidence, device=labels.device)
-        else:
-            conf = self.confidence[pixel_index][kept]
-        conf = conf.clamp(1.0 / C, 1.0 - self.floor)
-        rest = torch.log((1.0 - conf) / (C - 1))
-        log_lik = rest[:, None].expand(-1, C).clone()
-        log_lik[torch.arange(len(labels), device=labels.device), labels] = torch.log(conf)
-        return log_lik, kept
+        self.probs = torch.from_numpy(np.ascontiguousarray(probs))  # [P, C] float32
+        self.floor = float(config.probability_floor)
 
 
 def bayesian_update(
@@ -82,6 +64,12 @@ def bayesian_update(
     log_p = stored.float() / LOG_PROB_SCALE + weight[:, None] * log_lik
     log_p = log_p - log_p.max(dim=1, keepdim=True).values
     return (log_p.clamp_min(min_log_prob) * LOG_PROB_SCALE).round().to(torch.int16)
+
+
+def observation_log_likelihood(probs: torch.Tensor, floor: float) -> torch.Tensor:  # [N, C]
+    """Log of class probabilities [N, C], floored and renormalised, as one observation's likelihood."""
+    p = probs.clamp_min(floor)
+    return torch.log(p / p.sum(dim=1, keepdim=True))
 
 
 def decode_distribution(stored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
