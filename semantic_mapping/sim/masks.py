@@ -1,7 +1,7 @@
 """Simulated SAM-like class-agnostic mask generator, and the DiscoNeRF §7.1 mask preprocessing.
 
-Per view, starting from the ground-truth segments (object instances, plus one segment per class,
-plane orientation and connected component of surfaces without an instance, such as walls):
+Per view, starting from the ground-truth segments (object instances, plus floor and structure
+surfaces split by instance, class, plane orientation and connected component, so each wall is one):
 small objects are sometimes missed, touching objects are sometimes merged, masks are sometimes
 split in two by a random plane through the object in 3D, and boundaries wobble in and out. The
 draws are per view, so the same object is segmented differently from one view to the next. The
@@ -49,7 +49,7 @@ def preprocess_masks(
     masks = masks.astype(bool, copy=False)
     N, H, W = masks.shape
     min_area_px = min_area_fraction * H * W
-    area = np.count_nonzero(masks.reshape(N, -1), axis=1)  # [N] pixels
+    area = np.count_nonzero(masks.reshape(N, H * W), axis=1)  # [N] pixels
     keep = area >= min_area_px
     if scores is not None:
         keep &= (np.asarray(scores, np.float64).reshape(N, -1) >= min_score).all(axis=1)
@@ -102,7 +102,9 @@ class SimulatedMaskGenerator:
         cfg = self.config
         gt = require_ground_truth(frame, "SimulatedMaskGenerator")
         if gt.instances is None:
-            raise ValueError("SimulatedMaskGenerator needs ground-truth instances (frame.ground_truth.instances is None)")
+            raise ValueError(
+                "SimulatedMaskGenerator needs ground-truth instances (frame.ground_truth.instances is None)"
+            )
         rng = np.random.default_rng([self.seed, _SALT_MASKS, frame.stamp_ns % 2**63])
         H, W = gt.instances.shape
         depth_m = np.asarray(gt.depth_m if gt.depth_m is not None else frame.depth_m, np.float32)  # [H, W]
@@ -162,8 +164,7 @@ class SimulatedMaskGenerator:
         labels = gt.labels
         C = self.label_space.num_classes
         valid = (labels >= 0) & (labels < C) & (depth_m > 0)
-        object_class = np.zeros(max(C, int(labels.max()) + 1), bool)
-        object_class[:C] = [r == "object" for r in self.label_space.roles]
+        object_class = np.array([r == "object" for r in self.label_space.roles])  # [C]
         is_object_px = valid & object_class[np.where(valid, labels, 0)] & (instances > 0)
         present = np.flatnonzero(np.bincount(instances[is_object_px], minlength=1))
         lookup = np.zeros(int(instances.max(initial=0)) + 1, np.int32)

@@ -2,19 +2,24 @@
 
 Per frame, at a reduced "network output" resolution (then bilinearly upsampled, as networks do):
 
-    logits[p, c] = E[p, c] + s * m(p) * (S[y, c] * F[p, c] + P[p, c])
+    logits[p, c] = E[p, c] + s * m(p) * (R[p, c] * F[p, c] + P[p, c])
 
 - E: the ground-truth class fractions of the pixel's block, blurred (labels bleed across edges);
-- F: per-class noise, a smooth random field evaluated at the pixel's world point (so nearby views
-  make the same mistakes) plus a slowly drifting image-space field (per-frame component);
-- S: a fixed confusion structure (classes alike get the full noise, the others a fraction);
+- F: per-class noise: smooth random fields over the pixel's world point, one also varying with the
+  viewing direction (so nearby views make the same mistakes and distant ones partly different
+  ones), plus an image-space field that drifts slowly with the frame stamp (per-frame component);
+- R: which classes the noise can turn the pixel into: those alike its true class (a fixed
+  confusion structure, damped for classes absent from the view), a fraction of all others, and
+  the classes of its neighbourhood;
 - P: persistent per-instance pulls towards one confusable class;
-- m(p) >= 1: difficulty, growing with distance, grazing angle, image-border proximity, and on
-  objects with a small visible area or an outline cut by the border or by occluders;
-- s: the single strength, solved per frame by bisection so that the frame's mIoU (classes present in
-  ground truth or prediction) meets the configured target plus a slowly varying offset.
+- m(p) >= 1: difficulty, growing with distance, grazing angle, image-border proximity, on objects
+  with a small visible area or an outline cut by the border or by occluders, and with a
+  persistent per-instance factor;
+- s: the single strength, solved per frame by bisection so that the frame's mIoU (over the classes
+  present in its ground truth, as `eval.metrics`) meets the configured target plus a slowly
+  varying offset.
 The softmax temperature is fitted to the ground truth (temperature scaling), so probabilities are
-confident where right and hedged where wrong. Everything is a function of (seed, frame).
+confident where right and hedged where wrong. The output is a function of (seed, frame) only.
 """
 
 from __future__ import annotations
@@ -89,10 +94,11 @@ def _confusion(pred: np.ndarray, labels: np.ndarray, C: int) -> np.ndarray:
 
 
 def miou_from_confusion(confusion: np.ndarray) -> float:
-    """Mean IoU over classes present in prediction or ground truth; confusion [C_pred, C_gt] counts."""
+    """Mean IoU over the classes present in the ground truth (as eval.metrics); confusion [C_pred, C_gt]."""
     tp = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    present = union > 0
+    gt_count = confusion.sum(axis=0)
+    present = gt_count > 0
+    union = gt_count + confusion.sum(axis=1) - tp
     return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
 
 
@@ -183,6 +189,7 @@ class SimulatedSegmenter:
         return values
 
     def _frame_terms(self, frame: Frame, gt: FrameGroundTruth) -> _FrameTerms:
+        """Everything about the frame's logits except the strength, at the work resolution."""
         cfg, C = self.config, self.num_classes
         labels = gt.labels  # [H, W]
         H, W = labels.shape
