@@ -53,8 +53,10 @@ class SemanticFusionConfig:
     """'bayesian' (per-voxel log-probability accumulation)."""
     label_confidence: float = 0.7
     """Probability given to a label image's class where no confidence image comes with it."""
-    probability_floor: float = 1e-3
-    """Per-pixel class probabilities are clipped up to this before taking logs."""
+    probability_floor: float = 0.3
+    """Class probabilities are raised to at least this (then renormalised) before they multiply a voxel's
+    distribution, bounding what one confident mistake can do (tuned on development scenes: 1e-3 gave
+    +0.2, 0.1 +5.4, 0.3 +8.0 points of 3D mIoU over the 2D input)."""
     min_log_prob: float = -30.0
     """Per-voxel log-probabilities (relative to the best class) are clamped at this."""
     pixel_stride: Optional[int] = None

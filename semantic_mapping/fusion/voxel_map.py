@@ -82,7 +82,6 @@ class VoxelMap:
             raise ValueError(f"fusion.max_weight must be in (0, {65535 - _WEIGHT_CAP_PERIOD}), got {config.max_weight}")
         self._grid = self._new_grid(config.initial_block_capacity)
         self._integrations = 0
-        self._raycast_blocks_seen = 0
         self.chunk_updates: collections.Counter = collections.Counter()  # chunk index -> integrations touching it
         self._rays_cache: dict = {}
 
@@ -370,11 +369,10 @@ class VoxelMap:
         if self.num_blocks == 0:
             return empty
         block_coords = self.active_block_coords()
-        if self.num_blocks > self._raycast_blocks_seen:
-            # Open3D sizes its range-map fragment buffer from earlier calls and returns an incomplete
-            # render on the call that has to grow it; a first pass over a grown map grows it.
-            self._raycast_once(block_coords, intrinsics, T_world_cam, ["depth"])
-            self._raycast_blocks_seen = self.num_blocks
+        # Open3D keeps one range-map fragment buffer for all calls and returns an incomplete render
+        # from a call that has to grow it (it logs "Could not generate full range map"); how many
+        # fragments a view needs depends on the view, so a depth-only first pass sizes the buffer.
+        self._raycast_once(block_coords, intrinsics, T_world_cam, ["depth"])
         result = self._raycast_once(block_coords, intrinsics, T_world_cam, ["depth", "index", "interp_ratio"])
         depth = result["depth"].cpu().numpy()[..., 0]
         hit = depth > 0
