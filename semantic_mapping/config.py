@@ -62,6 +62,8 @@ class SemanticFusionConfig:
     pixel_stride: Optional[int] = None
     """Every Nth pixel along each axis votes for the voxel holding its surface point; None: the largest
     stride whose pixel footprint at fusion.depth_max_m stays under a voxel."""
+    pixel_interleave: int = 2
+    """Consecutive frames take turns over the k x k interleaved subsets of the sampled pixels (1: all, every frame)."""
 
 
 @dataclass

@@ -98,14 +98,12 @@ def validate_frame(frame: Frame, num_classes: int, ignore_id: int, config: Mappe
             "(reset the map to replay, or set inputs.allow_stamp_rewind)",
         )
 
-    depth = depth.astype(np.float32, copy=True)
-    bad = ~np.isfinite(depth) | (depth < 0)
-    far = np.isfinite(depth) & (depth > config.fusion.depth_max_m * 4.0)  # e.g. 65535 "no return" codes
-    if bad.any():
-        cleaned["depth_non_finite_or_negative"] = int(bad.sum())
-    if far.any():
-        cleaned["depth_out_of_range"] = int(far.sum())
-    depth[bad | far] = 0.0
+    # NaN fails both comparisons; +inf and "no return" codes such as 65535 are far out of range.
+    usable = (depth >= 0) & (depth <= config.fusion.depth_max_m * 4.0)
+    unusable = depth.size - int(np.count_nonzero(usable))
+    if unusable:
+        cleaned["depth_non_finite_or_out_of_range"] = unusable
+    depth = np.where(usable, depth, 0.0).astype(np.float32, copy=False)
     if np.count_nonzero(depth) < config.inputs.min_valid_depth_fraction * depth.size:
         raise FrameRejected("depth_empty", f"only {np.count_nonzero(depth)} of {depth.size} depth pixels are valid")
 

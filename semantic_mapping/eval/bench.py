@@ -35,7 +35,8 @@ class Figure:
 
 
 def _open3d_reference_integrate(voxel_size_m: float, trunc_voxels: float, depth_max_m: float):
-    """Open3D's own VoxelBlockGrid (tsdf, weight, colour; float32 as in its documentation) and an integrate function."""
+    """Open3D's own VoxelBlockGrid and an integrate function, used as its documentation does: float32
+    tsdf/weight/colour attributes fed uint16 millimetre depth and uint8 colour images."""
     import open3d as o3d
     import open3d.core as o3c
 
@@ -48,13 +49,14 @@ def _open3d_reference_integrate(voxel_size_m: float, trunc_voxels: float, depth_
     )
 
     def integrate(frame) -> None:
-        depth = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(frame.depth_m, dtype=np.float32)))
-        color = o3d.t.geometry.Image(o3c.Tensor(frame.rgb.astype(np.float32) / 255.0))
+        depth_mm = np.minimum(frame.depth_m * 1000.0 + 0.5, 65535.0).astype(np.uint16)
+        depth = o3d.t.geometry.Image(o3c.Tensor(depth_mm))
+        color = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(frame.rgb)))
         K = o3c.Tensor(frame.intrinsics.K, o3c.float64)
         extrinsic = o3c.Tensor(invert_pose(frame.T_world_cam), o3c.float64)
-        coords = grid.compute_unique_block_coordinates(depth, K, extrinsic, 1.0, depth_max_m,
+        coords = grid.compute_unique_block_coordinates(depth, K, extrinsic, 1000.0, depth_max_m,
                                                        trunc_voxel_multiplier=trunc_voxels)
-        grid.integrate(coords, depth, color, K, K, extrinsic, 1.0, depth_max_m, trunc_voxel_multiplier=trunc_voxels)
+        grid.integrate(coords, depth, color, K, K, extrinsic, 1000.0, depth_max_m, trunc_voxel_multiplier=trunc_voxels)
 
     return integrate
 
@@ -108,18 +110,26 @@ def _map_scene(seed: int, num_frames: int, progress: bool = True) -> dict:
     }
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not carry over an exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _peak_memory_child(seed: int, num_frames: int) -> None:
     """Entry point of the peak-memory child: simulate and map one scene, print peak RSS (MB) as JSON."""
     from semantic_mapping.config import FusionConfig, MapperConfig
     from semantic_mapping.pipeline import Mapper
     from semantic_mapping.sim.sequence import simulate
 
-    baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline_mb = _peak_rss_mb()
     recording = simulate(seed, num_frames=num_frames)
     mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=VOXEL_SIZE_M, device="cpu")))
     for frame in recording.frames(masks=False):
         mapper.integrate(frame)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_rss_mb()
     print(json.dumps({"peak_mb": peak_mb, "baseline_mb": baseline_mb, "voxels": mapper.map.num_voxels}))
 
 

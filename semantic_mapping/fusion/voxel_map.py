@@ -28,9 +28,9 @@ from semantic_mapping.geometry import invert_pose
 from semantic_mapping.semantics.bayesian import (
     LOG_PROB_SCALE,
     PixelSemantics,
+    aggregate_by_voxel,
     bayesian_update,
     decode_distribution,
-    observation_log_likelihood,
 )
 from semantic_mapping.types import CameraIntrinsics, RenderedView
 
@@ -84,6 +84,7 @@ class VoxelMap:
         self._integrations = 0
         self.chunk_updates: collections.Counter = collections.Counter()  # chunk index -> integrations touching it
         self._rays_cache: dict = {}
+        self._samples_cache: dict = {}
 
     # ------------------------------------------------------------------ storage
     def _new_grid(self, capacity: int) -> o3d.t.geometry.VoxelBlockGrid:
@@ -150,16 +151,18 @@ class VoxelMap:
     ) -> IntegrationStats:
         """Fuse one frame's depth and colour (Open3D) and its semantics (Bayesian update)."""
         cfg = self.config
-        depth_img = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth_m, dtype=np.float32))).to(self._o3d_device)
-        color_img = o3d.t.geometry.Image(o3c.Tensor(rgb.astype(np.float32) / 255.0)).to(self._o3d_device)
+        # Millimetre uint16 depth lets Open3D take the uint8 colour as it is (no float colour image).
+        depth_mm = np.minimum(depth_m * 1000.0 + 0.5, 65535.0).astype(np.uint16)
+        depth_img = o3d.t.geometry.Image(o3c.Tensor(depth_mm)).to(self._o3d_device)
+        color_img = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(rgb))).to(self._o3d_device)
         K = o3c.Tensor(intrinsics.K, o3c.float64)
         T_cam_world = invert_pose(T_world_cam)
         extrinsic = o3c.Tensor(T_cam_world, o3c.float64)
         block_coords = self._grid.compute_unique_block_coordinates(
-            depth_img, K, extrinsic, 1.0, cfg.depth_max_m, trunc_voxel_multiplier=cfg.sdf_trunc_voxels
+            depth_img, K, extrinsic, 1000.0, cfg.depth_max_m, trunc_voxel_multiplier=cfg.sdf_trunc_voxels
         )
         self._grid.integrate(
-            block_coords, depth_img, color_img, K, K, extrinsic, 1.0, cfg.depth_max_m,
+            block_coords, depth_img, color_img, K, K, extrinsic, 1000.0, cfg.depth_max_m,
             trunc_voxel_multiplier=cfg.sdf_trunc_voxels,
         )
         self._integrations += 1
@@ -187,46 +190,56 @@ class VoxelMap:
         pixel = semantics.pixel_index  # [P]
         d = depth_m.reshape(-1)[pixel]
         valid = (d > self.config.depth_min_m) & (d < self.config.depth_max_m) & semantics.known
-        points_cam = self._pixel_rays(depth_m.shape, intrinsics, pixel)[valid] * d[valid, None]
+        points_cam = self._pixel_rays(intrinsics, pixel, depth_m.shape[1])[valid] * d[valid, None]
         R_wc = T_world_cam[:3, :3].astype(np.float32)
         points_world = points_cam @ R_wc.T + T_world_cam[:3, 3].astype(np.float32)
         flat, found = self.lookup(np.floor(points_world * (1.0 / self.voxel_size_m) + 0.5).astype(np.int64))
         if not found.any():
             return 0
-        rows = torch.from_numpy(np.nonzero(valid)[0])[found]
-        voxels, inverse = torch.unique(flat[found], return_inverse=True)
-        # One observation per voxel and frame: the mean of its pixels' class probabilities.
-        probs = semantics.probs[rows]
-        summed = torch.zeros((len(voxels), probs.shape[1]), dtype=probs.dtype).index_add_(0, inverse, probs)
-        log_lik = observation_log_likelihood(summed, semantics.floor * summed.sum(dim=1, keepdim=True))
-        sem_device = self._flat("semantic").device
-        voxels, log_lik = voxels.to(sem_device), log_lik.to(sem_device)
-        weight = torch.ones(len(voxels), device=sem_device)
+        rows = np.flatnonzero(valid)[found]
+        voxels, summed = aggregate_by_voxel(flat[found], semantics.probs[rows])
+        cfg = self.semantics_config
         sem = self._flat("semantic")
-        sem[voxels] = bayesian_update(sem[voxels], log_lik, weight, self.semantics_config.min_log_prob)
+        index = torch.from_numpy(voxels).to(sem.device)
+        updated = bayesian_update(sem[index].cpu().numpy(), summed, cfg.probability_floor, cfg.min_log_prob)
+        sem[index] = torch.from_numpy(updated).to(sem.device)
         count = self._flat("semantic_count")
-        count[voxels] = (count[voxels].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
+        count[index] = (count[index].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
         return int(len(voxels))
 
-    def _pixel_rays(self, shape: tuple, intrinsics: CameraIntrinsics, pixel_index: np.ndarray) -> np.ndarray:
-        """Camera rays [P, 3] (z = 1) through flat pixel indices, from a per-camera cache of all rays."""
-        key = (shape, intrinsics)
-        if self._rays_cache.get("key") != key:
-            H, W = shape
-            v, u = np.mgrid[0:H, 0:W].reshape(2, -1)
+    def _pixel_rays(self, intrinsics: CameraIntrinsics, pixel_index: np.ndarray, width_px: int) -> np.ndarray:
+        """Camera rays [P, 3] (z = 1) through flat pixel indices, cached per camera and pixel set."""
+        key = (intrinsics, width_px, pixel_index.ctypes.data, len(pixel_index))
+        if key not in self._rays_cache:
+            v, u = np.divmod(pixel_index, width_px)
             rays = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, np.ones(len(u))], 1)
-            self._rays_cache = {"key": key, "rays": rays.astype(np.float32)}
-        return self._rays_cache["rays"][pixel_index]
+            if len(self._rays_cache) > 64:
+                self._rays_cache.clear()
+            self._rays_cache[key] = rays.astype(np.float32)
+        return self._rays_cache[key]
 
     def sample_pixels(self, shape: tuple, intrinsics: CameraIntrinsics) -> np.ndarray:
-        """Flat indices [P] of the pixels whose semantics the map reads: every `pixel_stride`-th along
-        each axis (auto: the largest stride whose pixel footprint at the maximum depth is under a voxel)."""
-        stride = self.semantics_config.pixel_stride
+        """Flat indices [P] of the pixels whose semantics the next frame contributes.
+
+        The full sample is every `pixel_stride`-th pixel along each axis (auto: the largest stride whose
+        footprint at the maximum depth is under a voxel). With `pixel_interleave` k, consecutive frames
+        take turns over the k x k interleaved subsets of that grid, so a moving camera still covers it
+        all within k^2 frames for 1/k^2 of the work per frame.
+        """
+        cfg = self.semantics_config
+        stride = cfg.pixel_stride
         if stride is None:
             stride = int(max(1, np.floor(self.voxel_size_m * min(intrinsics.fx, intrinsics.fy) / self.config.depth_max_m)))
-        H, W = shape
-        v, u = np.mgrid[stride // 2:H:stride, stride // 2:W:stride].reshape(2, -1)
-        return v * W + u
+        k = int(cfg.pixel_interleave)
+        turn = self._integrations % (k * k)
+        key = (shape, stride, k, turn)
+        if key not in self._samples_cache:
+            H, W = shape
+            dv, du = divmod(turn, k)
+            step = stride * k
+            v, u = np.mgrid[stride // 2 + dv * stride:H:step, stride // 2 + du * stride:W:step].reshape(2, -1)
+            self._samples_cache[key] = v * W + u
+        return self._samples_cache[key]
 
     # ------------------------------------------------------------------ chunks
     @property
@@ -239,8 +252,9 @@ class VoxelMap:
     def _count_chunk_updates(self, block_coords: o3c.Tensor) -> None:
         blocks_per_chunk = self.chunk_shape_voxels // self.block_resolution
         chunks = np.floor_divide(block_coords.cpu().numpy().astype(np.int64), blocks_per_chunk)
-        for chunk in np.unique(chunks, axis=0):
-            self.chunk_updates[tuple(int(c) for c in chunk)] += 1
+        keys = np.unique((chunks + (1 << 20)) @ np.array([1 << 42, 1 << 21, 1], np.int64))  # 21 bits per axis
+        for key in keys.tolist():
+            self.chunk_updates[((key >> 42) - (1 << 20), ((key >> 21) & 0x1FFFFF) - (1 << 20), (key & 0x1FFFFF) - (1 << 20))] += 1
 
     def read_chunk(self, chunk_index) -> dict:
         """Dense arrays of one chunk (SSR-2D subvolume), voxel order [x, y, z]; unobserved voxels have weight 0.
@@ -292,10 +306,10 @@ class VoxelMap:
         return out
 
     # ------------------------------------------------------------------ queries
-    def lookup(self, voxel_indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup(self, voxel_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat storage indices of integer voxel indices [N, 3].
 
-        Returns (flat [N] int64, found [N] bool), both on the CPU; flat is meaningless where not found.
+        Returns (flat [N] int64, found [N] bool); flat is meaningless where not found.
         """
         R = self.block_resolution
         idx = np.asarray(voxel_indices, dtype=np.int64)
@@ -304,7 +318,7 @@ class VoxelMap:
         buf, found = self._grid.hashmap().find(o3c.Tensor(block.astype(np.int32)).to(self._o3d_device))
         buf = buf.cpu().numpy().astype(np.int64)
         flat = buf * R**3 + (local[:, 2] * R + local[:, 1]) * R + local[:, 0]
-        return torch.from_numpy(flat), torch.from_numpy(found.cpu().numpy())
+        return flat, found.cpu().numpy()
 
     def voxel_values(self, voxel_indices: np.ndarray) -> dict:
         """Per-voxel tsdf (metres), weight, colour, label, confidence, semantic count at integer indices [N, 3].
@@ -322,16 +336,16 @@ class VoxelMap:
             "semantic_count": np.zeros(n, np.int32),
         }
         if found.any():
-            f = flat[found].to(self._flat("tsdf").device)
-            out["sdf_m"][found.numpy()] = (self._flat("tsdf")[f, 0] * self.sdf_trunc_m).cpu().numpy()
-            out["weight"][found.numpy()] = self._flat("weight")[f, 0].cpu().numpy()
-            out["colors"][found.numpy()] = self._flat("color")[f].to(torch.int32).clamp(0, 255).cpu().numpy()
+            f = torch.from_numpy(flat[found]).to(self._flat("tsdf").device)
+            out["sdf_m"][found] = (self._flat("tsdf")[f, 0] * self.sdf_trunc_m).cpu().numpy()
+            out["weight"][found] = self._flat("weight")[f, 0].to(torch.int32).cpu().numpy()
+            out["colors"][found] = self._flat("color")[f].to(torch.int32).clamp(0, 255).cpu().numpy()
             counts = self._flat("semantic_count")[f, 0].to(torch.int32)
             labels, conf = decode_distribution(self._flat("semantic")[f])
             labels = torch.where(counts > 0, labels, torch.full_like(labels, -1))
-            out["labels"][found.numpy()] = labels.cpu().numpy()
-            out["confidence"][found.numpy()] = torch.where(counts > 0, conf, torch.zeros_like(conf)).cpu().numpy()
-            out["semantic_count"][found.numpy()] = counts.cpu().numpy()
+            out["labels"][found] = labels.cpu().numpy()
+            out["confidence"][found] = torch.where(counts > 0, conf, torch.zeros_like(conf)).cpu().numpy()
+            out["semantic_count"][found] = counts.cpu().numpy()
         return out
 
     def surface_points(self) -> tuple[np.ndarray, np.ndarray]:

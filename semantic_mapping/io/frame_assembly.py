@@ -175,7 +175,9 @@ class FrameAssembler:
     def add_image(self, role: str, stamp_ns: int, payload: Any, now_ns: Optional[int] = None) -> str:
         """Add one image of `role`; returns ACCEPTED, OUT_OF_ORDER or TIME_JUMP_BACK (not added).
 
-        On TIME_JUMP_BACK the caller decides: `reset()` and add again (replay from the start), or refuse.
+        Only the colour stream (which drives frames) reports TIME_JUMP_BACK; the caller decides:
+        `reset()` and add again (replay from the start), or refuse. Other streams count older
+        stamps as out of order until the colour stream's jump resets the assembler.
         """
         if role not in IMAGE_ROLES:
             raise ValueError(f"unknown image role {role!r}; expected one of {IMAGE_ROLES}")
@@ -184,7 +186,7 @@ class FrameAssembler:
         self.stats.received[role] += 1
         newest = self._last_stamp.get(role)
         if newest is not None and stamp_ns <= newest:
-            if newest - stamp_ns >= self.config.time_jump_back_s * NS_PER_S:
+            if role == "rgb" and newest - stamp_ns >= self.config.time_jump_back_s * NS_PER_S:
                 return TIME_JUMP_BACK  # not counted here: the caller resets or refuses (and counts)
             if role == "rgb":
                 self.stats.drops[OUT_OF_ORDER] += 1

@@ -50,26 +50,39 @@ class PixelSemantics:
             probs[rows, labels[rows]] = conf[rows]
         else:
             raise ValueError("frame has no semantics (neither class_probs nor labels)")
-        self.probs = torch.from_numpy(np.ascontiguousarray(probs))  # [P, C] float32
-        self.floor = float(config.probability_floor)
+        self.probs = probs  # [P, C] float32
+
+
+def aggregate_by_voxel(
+    flat: np.ndarray,  # [N] int64 voxel storage index of each sampled pixel
+    probs: np.ndarray,  # [N, C] float32 class probabilities of each pixel
+) -> tuple[np.ndarray, np.ndarray]:  # voxels [U] int64, summed probabilities [U, C] float32
+    """Sum the pixels' class probabilities per voxel."""
+    order = np.argsort(flat)
+    sorted_flat = flat[order]
+    starts = np.empty(len(flat), bool)
+    starts[0] = True
+    np.not_equal(sorted_flat[1:], sorted_flat[:-1], out=starts[1:])
+    run = np.cumsum(starts) - 1  # [N] voxel number of each sorted pixel
+    summed = torch.zeros((int(run[-1]) + 1, probs.shape[1])).index_add_(
+        0, torch.from_numpy(run), torch.from_numpy(probs[order]))
+    return sorted_flat[starts], summed.numpy()
 
 
 def bayesian_update(
-    stored: torch.Tensor,  # [N, C] int16 fixed-point log-probs relative to the best class
-    log_lik: torch.Tensor,  # [N, C] float32 observation log-likelihoods
-    weight: torch.Tensor,  # [N] float32 observation weights in [0, 1]
+    stored: np.ndarray,  # [U, C] int16 fixed-point log-probs relative to the best class
+    summed_probs: np.ndarray,  # [U, C] this frame's class probabilities per voxel (any positive scale)
+    probability_floor: float,
     min_log_prob: float,
-) -> torch.Tensor:  # [N, C] int16
-    """Multiply each voxel's class distribution by the observation's likelihood^weight."""
-    log_p = stored.float() / LOG_PROB_SCALE + weight[:, None] * log_lik
-    log_p = log_p - log_p.max(dim=1, keepdim=True).values
-    return (log_p.clamp_min(min_log_prob) * LOG_PROB_SCALE).round().to(torch.int16)
-
-
-def observation_log_likelihood(probs: torch.Tensor, floor: float) -> torch.Tensor:  # [N, C]
-    """Log of class probabilities [N, C], floored and renormalised, as one observation's likelihood."""
-    p = probs.clamp_min(floor)
-    return torch.log(p / p.sum(dim=1, keepdim=True))
+) -> np.ndarray:  # [U, C] int16
+    """Multiply each voxel's class distribution by one observation: its pixels' mean probabilities,
+    each raised to at least `probability_floor` and renormalised."""
+    total = summed_probs.sum(axis=1, keepdims=True)
+    p = np.maximum(summed_probs, np.float32(probability_floor) * total)
+    log_p = stored.astype(np.float32) * np.float32(1.0 / LOG_PROB_SCALE) + np.log(p / p.sum(axis=1, keepdims=True))
+    log_p -= log_p.max(axis=1, keepdims=True)
+    np.maximum(log_p, np.float32(min_log_prob), out=log_p)
+    return np.rint(log_p * np.float32(LOG_PROB_SCALE)).astype(np.int16)
 
 
 def decode_distribution(stored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,617 @@
+"""The semantic mapping ROS 2 node: topics in, semantic map out. Thin: converts at the edge, calls the library.
+
+Threads: the executor runs the subscription callbacks, which only decode messages and hand them
+to the library's FrameAssembler; assembled frames go into a bounded queue (the oldest is dropped
+and counted when it is full) that a worker thread integrates into the Mapper; the same worker
+builds and publishes the map outputs between frames, and only for outputs someone subscribes to.
+
+Subscribed (relative names, remappable): rgb/image, rgb/camera_info, depth/image,
+depth/camera_info (only when depth is not registered to rgb), pose (PoseStamped,
+PoseWithCovarianceStamped or Odometry per node.pose_source; or TF), semantic/labels,
+semantic/confidence, semantic/probabilities, instances/masks.
+Published: ~/voxels (PointCloud2), ~/mesh (Marker), ~/traversability (OccupancyGrid),
+~/label_space (LabelSpace), ~/status (MapperStatus), /diagnostics (DiagnosticArray).
+Services: ~/save_map (SaveMap), ~/load_map (LoadMap), ~/reset (std_srvs/Trigger).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import rclpy
+import rclpy.exceptions
+import rclpy.time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from nav_msgs.msg import OccupancyGrid, Odometry
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import ColorRGBA, Header
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker
+
+from semantic_mapping.config import ConfigError, load_config
+from semantic_mapping.geometry.pose import T_from_quat_xyzw
+from semantic_mapping.io.frame_assembly import (
+    ACCEPTED,
+    OUT_OF_ORDER,
+    TIME_JUMP_BACK,
+    AssemblyError,
+    FrameAssembler,
+    frame_from_parts,
+)
+from semantic_mapping.msg import LabelSpace as LabelSpaceMsg
+from semantic_mapping.msg import MapperStatus
+from semantic_mapping.pipeline import Mapper
+from semantic_mapping.ros import conversions as conv
+from semantic_mapping.ros.node_config import (
+    NODE_NAME,
+    PUBLISHED_TOPICS,
+    NodeParameters,
+    parameter_specs,
+    parameters_from_values,
+)
+from semantic_mapping.srv import LoadMap, SaveMap
+from semantic_mapping.types import LabelledVoxels, SemanticMesh, TraversabilityGrid
+
+IMAGE_TOPICS = {
+    "rgb": "rgb/image",
+    "depth": "depth/image",
+    "labels": "semantic/labels",
+    "confidence": "semantic/confidence",
+    "probabilities": "semantic/probabilities",
+    "masks": "instances/masks",
+}
+POSE_TYPES = {"pose_stamped": PoseStamped, "pose_with_covariance": PoseWithCovarianceStamped, "odometry": Odometry}
+OUTPUT_TOPICS = {
+    "voxels": ("~/voxels", PointCloud2),
+    "mesh": ("~/mesh", Marker),
+    "grid": ("~/traversability", OccupancyGrid),
+    "label_space": ("~/label_space", LabelSpaceMsg),
+    "status": ("~/status", MapperStatus),
+}
+# parameters that may change while the node runs; the rest need a restart
+RUNTIME_PARAMETERS = {"node.voxels_rate_hz", "node.mesh_rate_hz", "node.grid_rate_hz", "node.status_rate_hz",
+                      "node.color_by", "node.default_map_path"}
+
+SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=10,
+                        durability=DurabilityPolicy.VOLATILE)
+POSE_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=100)
+MAP_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=1,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _empty_voxels() -> LabelledVoxels:
+    return LabelledVoxels(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.int32),
+                          np.zeros(0, np.float32))
+
+
+def _empty_mesh() -> SemanticMesh:
+    return SemanticMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8),
+                        np.zeros(0, np.int32))
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _Rate:
+    """Events per second over a sliding window (of receipt times)."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_ns = int(window_s * 1e9)
+        self.times: collections.deque = collections.deque()
+
+    def tick(self, now_ns: int) -> None:
+        self.times.append(now_ns)
+
+    def hz(self, now_ns: int) -> float:
+        while self.times and now_ns - self.times[0] > self.window_ns:
+            self.times.popleft()
+        if len(self.times) < 2:
+            return 0.0
+        span = max(now_ns - self.times[0], 1)
+        return (len(self.times) - 1) * 1e9 / span if span > 0 else 0.0
+
+
+def _guarded(method):
+    """Callback wrapper: an exception is logged and counted, never allowed to stop the executor."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the node must keep running
+            with self._lock:
+                self._bad_messages["callback_error"] += 1
+            self.get_logger().error(f"{method.__name__}: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+            return None
+
+    return wrapper
+
+
+class MappingNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self.params = self._declare_parameters()
+        p = self.params
+        self.mapper = Mapper(p.mapper)
+        self.label_space = self.mapper.label_space
+        self._T_pose_cam = T_from_quat_xyzw(p.node.T_pose_cam[:3], p.node.T_pose_cam[3:])
+
+        self._lock = threading.Lock()  # assembler, queue, counters
+        self._mapper_lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: collections.deque = collections.deque()
+        self._drops: collections.Counter = collections.Counter()  # frames, by reason
+        self._bad_messages: collections.Counter = collections.Counter()  # messages refused at conversion
+        self._rates = {role: _Rate() for role in (*IMAGE_TOPICS, "pose", "assembled", "integrated")}
+        self._latencies_ms: collections.deque = collections.deque(maxlen=300)
+        self._integrate_ms: collections.deque = collections.deque(maxlen=300)
+        self._frames_assembled = 0
+        self._map_version = 0
+        self._published_version = {"voxels": -1, "mesh": -1, "grid": -1}
+        self._last_publish = {"voxels": 0.0, "mesh": 0.0, "grid": 0.0}
+        self._last_subscribers = {"voxels": 0, "mesh": 0, "grid": 0}
+        self._reset_requested = False
+        self._warned: set = set()
+        self.intrinsics = None
+        self.depth_intrinsics = None
+        self._camera_frame_id = p.node.camera_frame
+
+        self.assembler = FrameAssembler(p.assembly, pose_lookup=self._tf_lookup() if p.node.pose_source == "tf" else None)
+
+        sensor_qos, pose_qos = SENSOR_QOS, POSE_QOS
+        if p.node.reliable_inputs:
+            sensor_qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=10)
+            pose_qos = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=100)
+        sensors = MutuallyExclusiveCallbackGroup()
+        services = MutuallyExclusiveCallbackGroup()
+        timers = MutuallyExclusiveCallbackGroup()
+        for role, topic in IMAGE_TOPICS.items():
+            self.create_subscription(Image, topic, lambda msg, r=role: self._on_image(r, msg), sensor_qos,
+                                     callback_group=sensors)
+        self.create_subscription(CameraInfo, "rgb/camera_info", self._on_camera_info, sensor_qos, callback_group=sensors)
+        self.create_subscription(CameraInfo, "depth/camera_info", self._on_depth_camera_info, sensor_qos,
+                                 callback_group=sensors)
+        if p.node.pose_source in POSE_TYPES:
+            self.create_subscription(POSE_TYPES[p.node.pose_source], "pose", self._on_pose, pose_qos,
+                                     callback_group=sensors)
+
+        self.pubs = {name: self.create_publisher(t, topic, MAP_QOS) for name, (topic, t) in OUTPUT_TOPICS.items()}
+        assert {topic for topic, _ in OUTPUT_TOPICS.values()} | {"/diagnostics"} == set(PUBLISHED_TOPICS)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(SaveMap, "~/save_map", self._on_save, callback_group=services)
+        self.create_service(LoadMap, "~/load_map", self._on_load, callback_group=services)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=services)
+        self.create_timer(0.05, self._pump, callback_group=timers)
+        self.create_timer(1.0 / max(p.node.status_rate_hz, 0.01), self._publish_status, callback_group=timers)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._publish_label_space()
+
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="mapping_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready: voxel {self.mapper.voxel_size_m:.3f} m on {self.mapper.map.device}, pose from "
+            f"{p.node.pose_source}, map frame '{p.node.map_frame}', queue {p.node.queue_size}"
+        )
+
+    # ------------------------------------------------------------------ parameters
+    def _declare_parameters(self) -> NodeParameters:
+        self.declare_parameter("config_file", "", ParameterDescriptor(
+            description="YAML file with the engine defaults (config/mapping.yaml format); empty: the package's own"))
+        config_file = self.get_parameter("config_file").value or None
+        defaults = NodeParameters(mapper=load_config(config_file))
+        values = {}
+        for spec in parameter_specs(defaults):
+            descriptor = ParameterDescriptor(description=f"{spec.description} [{spec.kind}"
+                                             f"{', optional' if spec.optional else ''}]", dynamic_typing=True)
+            default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            values[spec.name] = self.declare_parameter(spec.name, default, descriptor).value
+        values = {k: (tuple(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "array" else v)
+                  for k, v in values.items()}
+        return parameters_from_values(values)  # ConfigError names the parameter
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        from semantic_mapping.ros.node_config import flat_values
+
+        changed = {}
+        for param in parameters:
+            if param.name in ("use_sim_time", "config_file") or param.name.startswith("qos_overrides"):
+                if param.name == "config_file":
+                    return SetParametersResult(successful=False, reason="config_file is read at start-up only")
+                continue
+            if param.name not in RUNTIME_PARAMETERS:
+                return SetParametersResult(
+                    successful=False, reason=f"{param.name} cannot change while the node runs; restart it with the new value")
+            changed[param.name] = param.value
+        if not changed:
+            return SetParametersResult(successful=True)
+        values = {**flat_values(self.params), **changed}
+        try:
+            self.params = parameters_from_values(values)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        with self._lock:
+            self._map_version += 1  # re-publish with the new settings
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ TF
+    def _tf_lookup(self):
+        try:
+            import tf2_ros
+        except ImportError:
+            raise ConfigError("node.pose_source: 'tf' needs tf2_ros, which is not installed; use a pose topic") from None
+        self._tf_buffer = tf2_ros.Buffer()
+        self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+
+        def lookup(stamp_ns: int):
+            frame = self._camera_frame_id
+            if not frame:
+                return None
+            try:
+                t = self._tf_buffer.lookup_transform(self.params.node.map_frame, frame,
+                                                     rclpy.time.Time(nanoseconds=stamp_ns))
+            except Exception:  # not available yet (or never): the assembler waits, then drops
+                return None
+            return conv.transform_to_T(t.transform)
+
+        return lookup
+
+    # ------------------------------------------------------------------ inputs
+    def _count_bad(self, reason: str, message: str) -> None:
+        with self._lock:
+            self._bad_messages[reason] += 1
+        self.get_logger().warning(f"{message} (counted as '{reason}')", throttle_duration_sec=5.0)
+
+    @_guarded
+    def _on_image(self, role: str, msg: Image) -> None:
+        now = time.monotonic_ns()
+        try:
+            array = conv.decode_image(msg, role)
+        except conv.ConversionError as exc:
+            self._count_bad(exc.reason, str(exc))
+            return
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            self._rates[role].tick(now)
+            if role == "rgb" and not self.params.node.camera_frame:
+                self._camera_frame_id = msg.header.frame_id
+            result = self.assembler.add_image(role, stamp_ns, array, now)
+            if result == TIME_JUMP_BACK:
+                if self.params.node.on_time_jump == "reset":
+                    self.get_logger().warning(
+                        f"{role} stamps jumped back in time (to {stamp_ns / 1e9:.3f} s): a bag restarted? "
+                        "resetting the map (node.on_time_jump=reset)")
+                    self.assembler.reset()
+                    self._drops["queue_cleared_on_reset"] += len(self._queue)
+                    self._queue.clear()
+                    self._reset_requested = True
+                    self._wake.notify_all()
+                    self.assembler.add_image(role, stamp_ns, array, now)
+                else:
+                    self._drops["time_jump_back"] += role == "rgb"
+                    self.get_logger().error(
+                        f"refusing {role} stamped {stamp_ns / 1e9:.3f} s: stamps jumped back in time; call ~/reset "
+                        "or set node.on_time_jump:=reset to map the replay", throttle_duration_sec=5.0)
+                    return
+            elif result == OUT_OF_ORDER and role == "rgb":
+                self.get_logger().warning(f"colour image stamped {stamp_ns / 1e9:.3f} s is out of order: dropped",
+                                       throttle_duration_sec=5.0)
+            self._collect(now)
+
+    @_guarded
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            intrinsics = conv.intrinsics_from_camera_info(msg)
+        except conv.ConversionError as exc:
+            self._count_bad(exc.reason, str(exc))
+            return
+        with self._lock:
+            self.intrinsics = intrinsics
+
+    @_guarded
+    def _on_depth_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            intrinsics = conv.intrinsics_from_camera_info(msg)
+        except conv.ConversionError as exc:
+            self._count_bad("bad_depth_camera_info", str(exc))
+            return
+        with self._lock:
+            self.depth_intrinsics = intrinsics
+
+    @_guarded
+    def _on_pose(self, msg) -> None:
+        now = time.monotonic_ns()
+        pose = msg.pose if isinstance(msg, PoseStamped) else msg.pose.pose
+        try:
+            T_world_pose = conv.pose_to_T(pose)
+        except conv.ConversionError as exc:
+            self._count_bad(exc.reason, str(exc))
+            return
+        frame_id = msg.header.frame_id
+        if frame_id and frame_id != self.params.node.map_frame and "frame" not in self._warned:
+            self._warned.add("frame")
+            self.get_logger().warning(f"pose is in frame '{frame_id}', the map frame is '{self.params.node.map_frame}'; "
+                                   "the map is expressed in the pose's frame")
+        with self._lock:
+            self._rates["pose"].tick(now)
+            if not self.assembler.add_pose(conv.stamp_to_ns(msg.header.stamp), T_world_pose @ self._T_pose_cam, now):
+                self.get_logger().warning("pose refused (not rigid, or out of order)", throttle_duration_sec=5.0)
+            self._collect(now)
+
+    def _collect(self, now: int) -> None:
+        """Move assembled frames into the integration queue (lock held)."""
+        for assembled in self.assembler.poll(now):
+            self._frames_assembled += 1
+            self._rates["assembled"].tick(now)
+            self._queue.append((assembled, self.intrinsics, self.depth_intrinsics))
+            while len(self._queue) > self.params.node.queue_size:
+                self._queue.popleft()
+                self._drops["queue_full"] += 1
+            self._wake.notify()
+
+    @_guarded
+    def _pump(self) -> None:
+        with self._lock:
+            self._collect(time.monotonic_ns())
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while self._running and self.context.ok():
+            with self._lock:
+                if not self._queue and not self._reset_requested:
+                    self._wake.wait(timeout=0.05)
+                item = self._queue.popleft() if self._queue else None
+                reset, self._reset_requested = self._reset_requested, False
+            try:
+                if reset:
+                    with self._mapper_lock:
+                        self.mapper.reset()
+                    with self._lock:
+                        self._map_version += 1
+                if item is not None:
+                    self._integrate(*item)
+            except Exception as exc:  # never let the worker die silently
+                if not (self._running and self.context.ok()):
+                    return
+                self.get_logger().error(f"integration: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+                with self._lock:
+                    self._drops["internal_error"] += 1
+            try:
+                with self._lock:
+                    busy = bool(self._queue)
+                if not busy:  # frames first: outputs are built when the queue is empty
+                    self._publish_outputs()
+            except Exception as exc:
+                if not (self._running and self.context.ok()):
+                    return  # shutting down: publishers are gone
+                self.get_logger().error(f"outputs: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+
+    def _integrate(self, assembled, intrinsics, depth_intrinsics) -> None:
+        try:
+            frame = frame_from_parts(assembled, intrinsics, depth_intrinsics)
+        except AssemblyError as exc:
+            with self._lock:
+                self._drops[exc.reason] += 1
+            self.get_logger().warning(f"frame at {assembled.stamp_ns / 1e9:.3f} s dropped: {exc}", throttle_duration_sec=5.0)
+            return
+        t0 = time.perf_counter()
+        with self._mapper_lock:
+            result = self.mapper.integrate(frame)
+        now_ns = self.get_clock().now().nanoseconds
+        with self._lock:
+            if result.accepted:
+                self._map_version += 1
+                self._rates["integrated"].tick(time.monotonic_ns())
+                self._latencies_ms.append((now_ns - assembled.stamp_ns) / 1e6)
+                self._integrate_ms.append((time.perf_counter() - t0) * 1e3)
+            else:
+                self._drops[f"rejected_{result.reason}"] += 1
+
+    # ------------------------------------------------------------------ outputs
+    def _stamp_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _publish_outputs(self) -> None:
+        now = time.monotonic()
+        node = self.params.node
+        for name, rate in (("voxels", node.voxels_rate_hz), ("grid", node.grid_rate_hz), ("mesh", node.mesh_rate_hz)):
+            pub = self.pubs[name]
+            subscribers = pub.get_subscription_count()
+            new_subscriber = subscribers > self._last_subscribers[name]
+            self._last_subscribers[name] = subscribers
+            if rate <= 0 or subscribers == 0:
+                continue
+            with self._lock:
+                version = self._map_version
+            if version == self._published_version[name] and not new_subscriber:
+                continue
+            if now - self._last_publish[name] < 1.0 / rate and not new_subscriber:
+                continue
+            self._last_publish[name] = now
+            self._published_version[name] = version
+            pub.publish(self._build(name))
+
+    def _build(self, name: str):
+        frame_id, stamp = self.params.node.map_frame, self._stamp_ns()
+        colors = self.label_space.colors
+        with self._mapper_lock:
+            if self.mapper.map.num_voxels == 0:  # an empty map (start, reset): empty outputs
+                if name == "voxels":
+                    return conv.voxels_to_cloud(_empty_voxels(), colors, stamp, frame_id)
+                if name == "mesh":
+                    return conv.mesh_to_marker(_empty_mesh(), colors, stamp, frame_id)
+                return conv.grid_to_occupancy(TraversabilityGrid(np.full((1, 1), -1, np.int8), self.mapper.voxel_size_m,
+                                                                 (0.0, 0.0)), stamp, frame_id)
+            if name == "voxels":
+                return conv.voxels_to_cloud(self.mapper.labelled_voxels(), colors, stamp, frame_id, self.params.node.color_by)
+            if name == "mesh":
+                return conv.mesh_to_marker(self.mapper.mesh(), colors, stamp, frame_id, self.params.node.color_by)
+            grid = self.mapper.traversability()
+        return conv.grid_to_occupancy(grid, stamp, frame_id)
+
+    def _publish_label_space(self) -> None:
+        ls = self.label_space
+        msg = LabelSpaceMsg()
+        msg.header = Header(stamp=conv.ns_to_stamp(self._stamp_ns()), frame_id="")
+        msg.ids = list(range(ls.num_classes))
+        msg.names = list(ls.names)
+        msg.colors = [ColorRGBA(r=float(c[0]) / 255, g=float(c[1]) / 255, b=float(c[2]) / 255, a=1.0) for c in ls.colors]
+        msg.ignore_id = int(ls.ignore_id)
+        self.pubs["label_space"].publish(msg)
+
+    def status(self) -> MapperStatus:
+        now = time.monotonic_ns()
+        with self._lock:
+            drops = collections.Counter(self._drops)
+            drops.update(self.assembler.stats.drops)
+            drops.update({f"message_{k}": v for k, v in self._bad_messages.items()})
+            drops.update({f"message_{k}": v for k, v in self.assembler.stats.discarded.items()})
+            latencies = np.array(self._latencies_ms) if self._latencies_ms else np.zeros(1)
+            msg = MapperStatus()
+            msg.frames_received = self._frames_assembled
+            msg.input_rate_hz = float(self._rates["rgb"].hz(now))
+            msg.integration_rate_hz = float(self._rates["integrated"].hz(now))
+        with self._mapper_lock:
+            stats = self.mapper.stats
+            rejected = dict(stats.frames_rejected)
+            msg.frames_integrated = stats.frames_integrated
+            msg.voxel_count = int(self.mapper.map.num_voxels)
+        msg.header = Header(stamp=conv.ns_to_stamp(self._stamp_ns()), frame_id=self.params.node.map_frame)
+        msg.drop_reasons = sorted(drops)
+        msg.drop_counts = [int(drops[k]) for k in msg.drop_reasons]
+        msg.latency_ms_p50 = float(np.percentile(latencies, 50))
+        msg.latency_ms_p95 = float(np.percentile(latencies, 95))
+        msg.memory_mb = float(_rss_mb())
+        del rejected
+        return msg
+
+    @_guarded
+    def _publish_status(self) -> None:
+        msg = self.status()
+        self.pubs["status"].publish(msg)
+        now = time.monotonic_ns()
+        diag = DiagnosticStatus(name=f"{self.get_name()}: semantic mapping", hardware_id=self.get_fully_qualified_name())
+        dropped = sum(msg.drop_counts)
+        frame_drops = sum(c for r, c in zip(msg.drop_reasons, msg.drop_counts) if not r.startswith("message_"))
+        diag.level = DiagnosticStatus.OK if frame_drops == 0 else DiagnosticStatus.WARN
+        diag.message = f"{msg.frames_integrated} frames integrated, {frame_drops} frames dropped"
+        values = {
+            "frames_received": msg.frames_received,
+            "frames_integrated": msg.frames_integrated,
+            "integration_rate_hz": f"{msg.integration_rate_hz:.2f}",
+            "latency_ms_p50": f"{msg.latency_ms_p50:.1f}",
+            "latency_ms_p95": f"{msg.latency_ms_p95:.1f}",
+            "memory_mb": f"{msg.memory_mb:.0f}",
+            "voxel_count": msg.voxel_count,
+            "dropped_total": dropped,
+        }
+        with self._lock:
+            for role, rate in self._rates.items():
+                if role not in ("assembled", "integrated"):
+                    values[f"input_rate_hz.{role}"] = f"{rate.hz(now):.2f}"
+            values["queue_length"] = len(self._queue)
+            for role, count in self.assembler.stats.received.items():
+                values[f"received.{role}"] = count
+            if self._integrate_ms:
+                values["integrate_ms_median"] = f"{np.median(self._integrate_ms):.1f}"
+        for reason, count in zip(msg.drop_reasons, msg.drop_counts):
+            values[f"dropped.{reason}"] = count
+        diag.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        array_msg = DiagnosticArray(header=Header(stamp=msg.header.stamp), status=[diag])
+        self.diagnostics_pub.publish(array_msg)
+
+    # ------------------------------------------------------------------ services
+    def _on_save(self, request, response):
+        path = request.path or self.params.node.default_map_path
+        try:
+            with self._mapper_lock:
+                self.mapper.save(path)
+        except Exception as exc:
+            response.success, response.message = False, f"could not save the map to {path}: {exc}"
+            self.get_logger().error(response.message)
+            return response
+        response.success, response.message = True, f"map saved to {os.path.abspath(path)}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_load(self, request, response):
+        try:
+            with self._mapper_lock:
+                self.mapper.load(request.path)
+        except Exception as exc:
+            response.success, response.message = False, f"could not load {request.path!r} (map unchanged): {exc}"
+            self.get_logger().error(response.message)
+            return response
+        with self._lock:
+            self._map_version += 1
+            self.assembler.reset()
+            self._queue.clear()
+        response.success, response.message = True, f"map loaded from {request.path}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset(self, request, response):
+        with self._lock:
+            self.assembler.reset()
+            self._queue.clear()
+        with self._mapper_lock:
+            self.mapper.reset()
+        with self._lock:
+            self._map_version += 1
+        response.success, response.message = True, "map reset"
+        self.get_logger().info("map reset (service)")
+        return response
+
+    def shutdown(self) -> None:
+        self._running = False
+        with self._lock:
+            self._wake.notify_all()
+        self._worker.join(timeout=5.0)
+
+
+def main(args: Optional[list] = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = MappingNode()
+    except (ConfigError, rclpy.exceptions.ParameterException, ValueError) as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"invalid parameter: {exc}")
+        if rclpy.ok():
+            rclpy.shutdown()
+        return 2
+    # One executor thread: every callback is short (integration and output building run in the worker).
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
