@@ -156,6 +156,19 @@ def test_chunks_read_densely_and_count_updates(fused):
     np.testing.assert_array_equal(dense["log_probs"][tuple(pick.T)].argmax(-1)[labelled], values["labels"][labelled])
 
 
+def test_empty_and_barely_observed_maps_give_empty_outputs(world):
+    mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu")))
+    for stage in ("empty", "one frame", "after reset"):
+        if stage == "one frame":
+            mapper.integrate(world.render(trajectory()[0], 1))  # weights below the surface threshold
+        if stage == "after reset":
+            mapper.reset()
+        assert len(mapper.labelled_voxels().labels) == 0, stage
+        assert len(mapper.mesh().triangles) == 0, stage
+        assert (mapper.traversability().cells == TraversabilityGrid.UNKNOWN).all(), stage
+        assert (mapper.render(INTR, trajectory()[0]).depth_m == 0).all(), stage
+
+
 def test_weight_cap():
     cfg = MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu", max_weight=3))
     world, mapper = SphereInBox(), Mapper(cfg)

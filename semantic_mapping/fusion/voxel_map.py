@@ -312,7 +312,9 @@ class VoxelMap:
         Returns (flat [N] int64, found [N] bool); flat is meaningless where not found.
         """
         R = self.block_resolution
-        idx = np.asarray(voxel_indices, dtype=np.int64)
+        idx = np.asarray(voxel_indices, dtype=np.int64).reshape(-1, 3)
+        if len(idx) == 0 or self.num_blocks == 0:
+            return np.zeros(len(idx), np.int64), np.zeros(len(idx), bool)
         block = idx >> int(np.log2(R)) if R & (R - 1) == 0 else np.floor_divide(idx, R)
         local = idx - block * R
         buf, found = self._grid.hashmap().find(o3c.Tensor(block.astype(np.int32)).to(self._o3d_device))
