@@ -84,7 +84,7 @@ def cmd_demo(args) -> int:
     recording = simulate(args.seed if args.seed is not None else DEMO_SEED, num_frames=args.frames)
     mapper = Mapper(_load_mapper_config(args))
     tally = FrameSegmentationTally(mapper.label_space.num_classes, mapper.label_space.ignore_id)
-    visibility = SurfaceVisibility(voxelize_surface(recording.mesh, mapper.voxel_size_m))
+    visibility = SurfaceVisibility(voxelize_surface(recording.mesh, mapper.voxel_size_m), mapper.config.fusion.depth_max_m)
     held_out = []
     integrate_s = []
     for i in _progress(range(len(recording)), len(recording), "mapping"):

@@ -73,8 +73,8 @@ def _map_scene(seed: int, num_frames: int, progress: bool = True) -> dict:
     from semantic_mapping.sim.sequence import simulate
 
     recording = simulate(seed, num_frames=num_frames)
-    visibility = SurfaceVisibility(voxelize_surface(recording.mesh, VOXEL_SIZE_M))
     config = MapperConfig(fusion=FusionConfig(voxel_size_m=VOXEL_SIZE_M, device="cpu"))
+    visibility = SurfaceVisibility(voxelize_surface(recording.mesh, VOXEL_SIZE_M), config.fusion.depth_max_m)
     mapper = Mapper(config)
     reference = _open3d_reference_integrate(VOXEL_SIZE_M, config.fusion.sdf_trunc_voxels, config.fusion.depth_max_m)
     tally = FrameSegmentationTally(mapper.label_space.num_classes, mapper.label_space.ignore_id)

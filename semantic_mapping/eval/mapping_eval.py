@@ -39,12 +39,14 @@ class FrameSegmentationTally:
 class SurfaceVisibility:
     """Which ground-truth surface voxels some integrated frame actually saw (by its noiseless depth).
 
-    A voxel counts as seen when it projects inside a frame and its depth agrees with the frame's
-    ground-truth depth there within `tolerance_voxels`, so surfaces hidden behind others are not.
+    A voxel counts as seen when it projects inside a frame within the mapper's range and its depth
+    agrees with the frame's ground-truth depth there within `tolerance_voxels`, so surfaces hidden
+    behind others are not.
     """
 
-    def __init__(self, gt: GroundTruthVoxels, tolerance_voxels: float = 0.75):
+    def __init__(self, gt: GroundTruthVoxels, max_depth_m: float, tolerance_voxels: float = 0.75):
         self.gt = gt
+        self.max_depth_m = max_depth_m  # the mapper's range: farther surfaces are not fused, so not scored
         self.points_m = gt.positions_m().astype(np.float64)  # [N, 3]
         self.tolerance_m = tolerance_voxels * gt.voxel_size_m
         self.seen = np.zeros(len(gt.indices), bool)
@@ -59,7 +61,7 @@ class SurfaceVisibility:
         inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
         idx = np.nonzero(inside)[0]
         d = depth[v[idx], u[idx]]
-        self.seen[idx[(d > 0) & (np.abs(d - z[idx]) < self.tolerance_m)]] = True
+        self.seen[idx[(d > 0) & (d <= self.max_depth_m) & (np.abs(d - z[idx]) < self.tolerance_m)]] = True
 
 
 def evaluate_map(mapper: Mapper, mesh: SceneMesh, visibility: Optional[SurfaceVisibility] = None) -> dict:

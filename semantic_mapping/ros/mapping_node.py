@@ -43,7 +43,6 @@ from visualization_msgs.msg import Marker
 from semantic_mapping.config import ConfigError, load_config
 from semantic_mapping.geometry.pose import T_from_quat_xyzw
 from semantic_mapping.io.frame_assembly import (
-    ACCEPTED,
     OUT_OF_ORDER,
     TIME_JUMP_BACK,
     AssemblyError,
