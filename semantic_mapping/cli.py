@@ -73,7 +73,7 @@ def metrics_table(rows: list) -> str:
 # ----------------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
     from semantic_mapping.eval.mapping_eval import FrameSegmentationTally, SurfaceVisibility, evaluate_map
-    from semantic_mapping.io.exports import write_json, write_png
+    from semantic_mapping.io.exports import grid_image, write_json, write_png
     from semantic_mapping.io.pictures import frame_contact_sheet
     from semantic_mapping.pipeline import Mapper
     from semantic_mapping.sim.ground_truth import voxelize_surface
@@ -95,9 +95,14 @@ def cmd_demo(args) -> int:
         visibility.add(frame)
         result = mapper.integrate(frame)
         integrate_s.append(result.seconds)
-    for i in np.linspace(args.stride // 2 + 1, len(recording) - 1, 3).astype(int):
+    # Show the three held-out views (frames not integrated) that see the most classes.
+    candidates = [i for i in np.linspace(1, len(recording) - 1, 16).astype(int) if i % args.stride]
+    richness = [len(np.unique(recording.frame(int(i), semantics=False, masks=False).ground_truth.labels))
+                for i in candidates]
+    for i in sorted(candidates[j] for j in np.argsort(richness)[::-1][:3]):
         held_out.append(recording.frame(int(i), masks=True))
     paths = write_map_outputs(mapper, out)
+    write_png(out / "traversability_preview.png", grid_image(mapper.traversability(), scale=4))
     render_comparison(mapper, held_out, out / "renders.png")
     write_png(out / "frames.png", frame_contact_sheet(held_out, mapper.label_space))
     quality = evaluate_map(mapper, recording.mesh, visibility)
@@ -118,7 +123,7 @@ def cmd_demo(args) -> int:
     write_json(out / "metrics.json", {"quality": quality, "input_miou_2d": tally.mean_miou, "outputs": paths,
                                       "rows": [list(r) for r in rows]})
     print(table)
-    print(f"\nwrote {out}/: map.npz mesh.ply voxels.ply traversability.png renders.png frames.png metrics.md")
+    print(f"\nwrote {out}/: map.npz mesh.ply voxels.ply traversability.png (+ _preview) renders.png frames.png metrics.md")
     return 0
 
 
@@ -241,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulate the embedded default scene, map it, write outputs and metrics")
     p.add_argument("--out", default="demo_output", help="output folder")
     p.add_argument("--seed", type=int, help="scene seed (default: the embedded demo scene)")
-    p.add_argument("--frames", type=int, default=240, help="frames to simulate (30 Hz)")
-    p.add_argument("--stride", type=int, default=2, help="integrate every Nth frame; the others are held out")
+    p.add_argument("--frames", type=int, default=450, help="frames to simulate (30 Hz)")
+    p.add_argument("--stride", type=int, default=3, help="integrate every Nth frame; the others are held out")
     mapper_options(p)
     p.set_defaults(func=cmd_demo)
 

@@ -397,10 +397,19 @@ class VoxelMap:
         ratio = ratio / ratio.sum(dim=1, keepdim=True).clamp_min(1e-6)
         depth[hit] = self._refine_hit_depth(depth, hit, index, intrinsics, T_world_cam)
         color = (self._flat("color")[index].float() * ratio[..., None]).sum(dim=1)  # [P, 3]
-        # Semantics of the nearest observed of the 8 neighbours (interpolating C channels x 8 costs 8x more).
-        corner_observed = self._flat("semantic_count")[index, 0] > 0  # [P, 8]
-        nearest = index.gather(1, (ratio + corner_observed).argmax(dim=1, keepdim=True))[:, 0]  # [P]
-        observed = corner_observed.any(dim=1)
+        # Semantics of the voxel holding the refined surface point (the voxel fusion labels), else of
+        # the nearest observed corner of Open3D's cell.
+        v, u = np.nonzero(hit)
+        rays_cam = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, np.ones(len(u))], 1)
+        points_world = (rays_cam * depth[hit][:, None]) @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+        surface_flat, found = self.lookup(np.floor(points_world / self.voxel_size_m + 0.5).astype(np.int64))
+        count = self._flat("semantic_count")
+        surface_flat = torch.from_numpy(np.where(found, surface_flat, 0)).to(count.device)
+        surface_observed = torch.from_numpy(found).to(count.device) & (count[surface_flat, 0] > 0)
+        corner_observed = count[index, 0] > 0  # [P, 8]
+        nearest_corner = index.gather(1, (ratio + corner_observed).argmax(dim=1, keepdim=True))[:, 0]  # [P]
+        nearest = torch.where(surface_observed, surface_flat, nearest_corner)
+        observed = surface_observed | corner_observed.any(dim=1)
         labels, conf = decode_distribution(self._flat("semantic")[nearest])
         empty.depth_m[hit] = depth[hit]
         empty.rgb[hit] = color.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
