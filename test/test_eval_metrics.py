@@ -1,6 +1,5 @@
 """Evaluation metrics on hand-made cases with hand-computed answers."""
 
-import time
 
 import numpy as np
 import pytest
@@ -277,15 +276,3 @@ def test_vectorised_metrics_match_explicit_masks_including_large_ids():
     every_pixel = np.arange(1, 65 * 65 + 1).reshape(65, 65)  # 4225 x 4225 masks: refused, not OOM
     with pytest.raises(ValueError, match="too many masks"):
         best_dice(every_pixel, every_pixel)
-
-
-def test_instance_metrics_are_fast_on_vga_with_50_masks():
-    ys, xs = np.mgrid[0:480, 0:640]
-    gt = (ys // 96) * 10 + xs // 64 + 1  # 5 x 10 = 50 blocks
-    pred = ((ys + 20) // 96) * 10 + (xs + 13) // 64 + 1  # shifted blocks, 60 masks
-    start = time.perf_counter()
-    for _ in range(5):
-        instance_iou(pred, gt)
-        symmetric_best_dice(pred, gt)
-    per_call_s = (time.perf_counter() - start) / 10
-    assert per_call_s < 0.1
