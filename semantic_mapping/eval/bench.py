@@ -23,6 +23,9 @@ SUITE_FRAMES = 300
 QUICK_FRAMES = 60
 VOXEL_SIZE_M = 0.04
 """The CPU default voxel size; every fusion figure uses it."""
+NODE_FRAMES = 100
+"""Frames the node benchmark streams at 10 Hz (640x480)."""
+NODE_QUICK_FRAMES = 30
 
 
 @dataclass
@@ -181,7 +184,27 @@ def collect_figures(quick: bool = False, progress: bool = True) -> list:
     for f in figures:
         f.detail.setdefault("frames_per_scene", num_frames)
     figures[0].detail["scenes"] = {s["seed"]: s for s in scenes}
+    figures += node_figures(quick)
     return figures
+
+
+def node_figures(quick: bool = False) -> list:
+    """The ROS node's figures (node.drop_rate, node.latency_ms_p50/p95) from semantic_mapping.ros.node_bench,
+    which runs the node and its driver as ROS subprocesses (this process never imports rclpy); [] with
+    one printed line saying why when the ROS 2 environment is not built or the run failed."""
+    from semantic_mapping.ros import node_bench, proc
+
+    if not proc.ros_available():
+        print("node figures skipped: no ROS 2 environment (install_ros/, .ros_venv/); "
+              "run `bash scripts/build_ros.sh`, then the bench again to include them")
+        return []
+    try:
+        result = node_bench.run_node_benchmark(num_frames=NODE_QUICK_FRAMES if quick else NODE_FRAMES,
+                                               voxel_size_m=VOXEL_SIZE_M)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"node figures skipped: the node benchmark failed: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+        return []
+    return [Figure(**record) for record in node_bench.figures(result)]
 
 
 def format_table(figures: list) -> str:
@@ -194,6 +217,10 @@ def format_table(figures: list) -> str:
             ref = f"coverage {f.detail['coverage']:.2f} of ground-truth surface voxels"
         elif f.name == "fusion.peak_mem_mb":
             ref = f"{f.detail['baseline_after_imports_mb']:.0f} MB after imports, {f.detail['voxels']} voxels"
+        elif f.name == "node.drop_rate":
+            d = f.detail
+            ref = (f"{d['integrated']} of {d['frames']} frames integrated at {d['rate_hz']:g} Hz, {d['width_px']} px, "
+                   f"{'reliable' if d['reliable_inputs'] else 'best-effort'} inputs")
         lines.append(f"{f.name:34s} {f.value:12.4f}  {f.unit:8s}  {ref}")
     return "\n".join(lines)
 
