@@ -68,6 +68,15 @@ def trajectory(n=24):
     return poses
 
 
+def assert_same_map(a: Mapper, b: Mapper) -> None:
+    """Every block and attribute equal (block order in the hash map is arbitrary)."""
+    arrays_a, arrays_b = a.map.state_arrays(), b.map.state_arrays()
+    order_a, order_b = np.lexsort(arrays_a["block_coords"].T), np.lexsort(arrays_b["block_coords"].T)
+    assert arrays_a.keys() == arrays_b.keys()
+    for key in arrays_a:
+        np.testing.assert_array_equal(arrays_a[key][order_a], arrays_b[key][order_b], err_msg=key)
+
+
 @pytest.fixture(scope="module")
 def world():
     return SphereInBox()
@@ -185,11 +194,7 @@ def test_save_load_identical(fused, tmp_path, world):
     fused.save(path)
     other = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu")))
     other.load(path)
-    a, b = fused.map.state_arrays(), other.map.state_arrays()
-    order_a = np.lexsort(a["block_coords"].T)
-    order_b = np.lexsort(b["block_coords"].T)
-    for key in a:
-        np.testing.assert_array_equal(a[key][order_a], b[key][order_b])
+    assert_same_map(fused, other)
     T = trajectory()[5]
     np.testing.assert_array_equal(fused.render(INTR, T).labels, other.render(INTR, T).labels)
     other.reset()
@@ -263,9 +268,7 @@ def test_bad_input_is_rejected_and_counted_without_touching_the_map(world):
     cleaned_labels[:, :3] = LS.ignore_id
     assert clean.integrate(variant(depth_m=cleaned_depth, labels=cleaned_labels, stamp_ns=2_000)).accepted
     assert noisy.stats.pixels_cleaned["labels_outside_label_space"] == 3 * second.labels.shape[0]
-    a, b = clean.map.state_arrays(), noisy.map.state_arrays()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key])
+    assert_same_map(clean, noisy)
     # The next good frame integrates normally.
     assert noisy.integrate(world.render(poses[2], 3_000)).accepted
 
