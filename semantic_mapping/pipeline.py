@@ -98,8 +98,9 @@ def validate_frame(frame: Frame, num_classes: int, ignore_id: int, config: Mappe
             "(reset the map to replay, or set inputs.allow_stamp_rewind)",
         )
 
-    # NaN fails both comparisons; +inf and "no return" codes such as 65535 are far out of range.
-    usable = (depth >= 0) & (depth <= config.fusion.depth_max_m * 4.0)
+    # NaN fails every comparison; +inf and "no return" codes such as 65535 are far out of range;
+    # returns nearer than fusion.depth_min_m are dropped (0 already means "no return").
+    usable = (depth == 0) | ((depth >= config.fusion.depth_min_m) & (depth <= config.fusion.depth_max_m * 4.0))
     unusable = depth.size - int(np.count_nonzero(usable))
     if unusable:
         cleaned["depth_non_finite_or_out_of_range"] = unusable
