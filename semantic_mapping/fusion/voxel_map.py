@@ -120,7 +120,7 @@ class VoxelMap:
     def bytes_per_voxel(self) -> float:
         """Storage per allocated voxel: attributes plus the amortised hash key and index of its block."""
         payload = sum(
-            o3c.Tensor([0], dtype=dt).to(dt).numpy().itemsize * (self.num_classes if ch is None else ch)
+            dt.byte_size() * (self.num_classes if ch is None else ch)
             for _, dt, ch in _ATTRIBUTES
         )
         key_and_index = 3 * 4 + 4 + 4  # int32 block key, buffer index, hash slot per block
@@ -395,13 +395,14 @@ class VoxelMap:
         index = from_dlpack(result["index"].to_dlpack())[torch.from_numpy(hit)]  # [P, 8] int64
         ratio = from_dlpack(result["interp_ratio"].to_dlpack())[torch.from_numpy(hit)]  # [P, 8]
         ratio = ratio / ratio.sum(dim=1, keepdim=True).clamp_min(1e-6)
-        depth[hit] = self._refine_hit_depth(depth, hit, index, intrinsics, T_world_cam)
+        v, u = np.nonzero(hit)
+        rays_cam = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, np.ones(len(u))], 1)
+        rays_world = rays_cam @ T_world_cam[:3, :3].T  # [P, 3] world offset per metre of depth
+        depth[hit] = self._refine_hit_depth(depth[hit], rays_world, index, T_world_cam[:3, 3])
         color = (self._flat("color")[index].float() * ratio[..., None]).sum(dim=1)  # [P, 3]
         # Semantics of the voxel holding the refined surface point (the voxel fusion labels), else of
         # the nearest observed corner of Open3D's cell.
-        v, u = np.nonzero(hit)
-        rays_cam = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, np.ones(len(u))], 1)
-        points_world = (rays_cam * depth[hit][:, None]) @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+        points_world = rays_world * depth[hit][:, None] + T_world_cam[:3, 3]
         surface_flat, found = self.lookup(np.floor(points_world / self.voxel_size_m + 0.5).astype(np.int64))
         count = self._flat("semantic_count")
         surface_flat = torch.from_numpy(np.where(found, surface_flat, 0)).to(count.device)
@@ -420,11 +421,10 @@ class VoxelMap:
 
     def _refine_hit_depth(
         self,
-        depth_m: np.ndarray,  # [H, W] Open3D's hit depth, 0 = no hit
-        hit: np.ndarray,  # [H, W] bool
+        hit_depth_m: np.ndarray,  # [P] Open3D's hit depth of each hit pixel
+        rays_world: np.ndarray,  # [P, 3] world offset per metre of depth along each pixel's ray
         index: torch.Tensor,  # [P, 8] flat indices of the cell corners around each hit (x fastest)
-        intrinsics: CameraIntrinsics,
-        T_world_cam: np.ndarray,
+        camera_origin_m: np.ndarray,  # [3] camera centre, world frame
         iterations: int = 3,
     ) -> np.ndarray:  # [P] refined depth, metres
         """Newton steps on the trilinear TSDF along each ray.
@@ -433,11 +433,9 @@ class VoxelMap:
         to half a voxel of bias; the cell corners it returns give the exact trilinear surface.
         """
         vs = self.voxel_size_m
-        v, u = np.nonzero(hit)
-        rays_cam = np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, np.ones_like(u, float)], 1)
-        dirs = torch.from_numpy((rays_cam @ T_world_cam[:3, :3].T).astype(np.float32))  # [P, 3] per metre of depth
-        origin = torch.from_numpy(T_world_cam[:3, 3].astype(np.float32))
-        d = torch.from_numpy(depth_m[hit].astype(np.float32))
+        dirs = torch.from_numpy(rays_world.astype(np.float32))
+        origin = torch.from_numpy(camera_origin_m.astype(np.float32))
+        d = torch.from_numpy(hit_depth_m.astype(np.float32))
         corner_sdf = self._flat("tsdf")[index.to(self._flat("tsdf").device), 0].float().cpu() * self.sdf_trunc_m  # [P, 8]
         offsets = torch.tensor([[i & 1, (i >> 1) & 1, i >> 2] for i in range(8)], dtype=torch.float32)  # [8, 3]
         cell = torch.floor((origin + d[:, None] * dirs) / vs)  # [P, 3] the cell Open3D interpolated in

@@ -61,7 +61,6 @@ from semantic_mapping.ros.node_config import (
     parameters_from_values,
 )
 from semantic_mapping.srv import LoadMap, SaveMap
-from semantic_mapping.types import LabelledVoxels, SemanticMesh, TraversabilityGrid
 
 IMAGE_TOPICS = {
     "rgb": "rgb/image",
@@ -88,16 +87,6 @@ SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=Histo
 POSE_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=100)
 MAP_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=1,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def _empty_voxels() -> LabelledVoxels:
-    return LabelledVoxels(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.int32),
-                          np.zeros(0, np.float32))
-
-
-def _empty_mesh() -> SemanticMesh:
-    return SemanticMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8),
-                        np.zeros(0, np.int32))
 
 
 def _rss_mb() -> float:
@@ -452,13 +441,6 @@ class MappingNode(Node):
         frame_id, stamp = self.params.node.map_frame, self._stamp_ns()
         colors = self.label_space.colors
         with self._mapper_lock:
-            if self.mapper.map.num_voxels == 0:  # an empty map (start, reset): empty outputs
-                if name == "voxels":
-                    return conv.voxels_to_cloud(_empty_voxels(), colors, stamp, frame_id)
-                if name == "mesh":
-                    return conv.mesh_to_marker(_empty_mesh(), colors, stamp, frame_id)
-                return conv.grid_to_occupancy(TraversabilityGrid(np.full((1, 1), -1, np.int8), self.mapper.voxel_size_m,
-                                                                 (0.0, 0.0)), stamp, frame_id)
             if name == "voxels":
                 return conv.voxels_to_cloud(self.mapper.labelled_voxels(), colors, stamp, frame_id, self.params.node.color_by)
             if name == "mesh":
