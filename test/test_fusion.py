@@ -201,6 +201,17 @@ def test_save_load_identical(fused, tmp_path, world):
     assert other.map.num_blocks == 0 and other.stats.frames_integrated == 0
 
 
+def test_a_reset_map_integrates_as_a_new_one(fused, world):
+    """A reset (the node's ~/reset, a replayed bag) leaves no trace: the same frames give the same map."""
+    mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu")))
+    for i, T in enumerate(trajectory()[:3]):  # a turn count that is not a multiple of the interleave period
+        mapper.integrate(world.render(T, i * 33_000_000))
+    mapper.reset()
+    for i, T in enumerate(trajectory()):
+        mapper.integrate(world.render(T, i * 33_000_000))
+    assert_same_map(fused, mapper)
+
+
 def test_load_refuses_foreign_files(tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros(3))

@@ -80,9 +80,8 @@ class VoxelMap:
         self._o3d_device = o3c.Device("CUDA:" + self.device.split(":")[1] if self.device.startswith("cuda") else "CPU:0")
         if not 0 < config.max_weight < 65535 - _WEIGHT_CAP_PERIOD:
             raise ValueError(f"fusion.max_weight must be in (0, {65535 - _WEIGHT_CAP_PERIOD}), got {config.max_weight}")
-        self._grid = self._new_grid(config.initial_block_capacity)
-        self._integrations = 0
         self.chunk_updates: collections.Counter = collections.Counter()  # chunk index -> integrations touching it
+        self.reset()
         self._rays_cache: dict = {}
         self._samples_cache: dict = {}
 
@@ -136,8 +135,9 @@ class VoxelMap:
         weight.copy_(weight.to(torch.int32).clamp_max(int(self.config.max_weight)).to(torch.uint16))
 
     def reset(self) -> None:
-        """Forget everything."""
+        """Forget everything: afterwards the map integrates exactly as a new one."""
         self._grid = self._new_grid(self.config.initial_block_capacity)
+        self._integrations = 0  # weight cap period and pixel interleave turn
         self.chunk_updates.clear()
 
     # ------------------------------------------------------------------ integration

@@ -35,10 +35,12 @@ IMAGE_ROLES = ("rgb", "depth", "labels", "confidence", "probabilities", "masks")
 """Image streams a frame is assembled from; 'rgb' drives, 'depth' is required, the rest optional."""
 OPTIONAL_ROLES = ("labels", "confidence", "probabilities", "masks")
 
-# results of FrameAssembler.add_image
+# results of FrameAssembler.add_image and add_pose
 ACCEPTED = "accepted"
 OUT_OF_ORDER = "stamp_out_of_order"
 TIME_JUMP_BACK = "time_jump_back"
+BEFORE_RESTART = "before_restart"
+INVALID_POSE = "pose_invalid"
 
 
 @dataclass
@@ -60,7 +62,7 @@ class AssemblyConfig:
     max_buffered_messages: int = 60
     """Unpaired messages kept per image stream at most; beyond, the oldest is discarded."""
     time_jump_back_s: float = 1.0
-    """A colour stamp this much older than the newest one seen is a jump back in time (bag restarted), not jitter."""
+    """A stamp this much older than the newest one of its stream is a jump back in time (bag restarted), not jitter."""
 
 
 @dataclass
@@ -118,18 +120,44 @@ class FrameAssembler:
         self.pose_lookup = pose_lookup
         self.clock = clock
         self.stats = AssemblyStats()
+        # receipt time of the newest message per role; reset() keeps it: the streams are still there
+        self._last_receipt: dict[str, int] = {}
         self.reset()
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Forget every buffered message and the stamp history (counters are kept)."""
+        """Forget every buffered message and the stamp history (counters and stream activity are kept)."""
         self._pending: list[_Pending] = []  # colour images, sorted by stamp
         self._buffers: dict[str, list[_Pending]] = {role: [] for role in IMAGE_ROLES if role != "rgb"}
         self._last_stamp: dict[str, int] = {}  # newest stamp seen per role (also 'pose')
-        self._last_receipt: dict[str, int] = {}  # receipt time of the newest message per role
         self._pose_stamps: list[int] = []
         self._poses: list[np.ndarray] = []
         self._last_emitted_ns: Optional[int] = None
+        self._restart_frontier_ns: Optional[int] = None  # newest stamp of the restarted recording
+        self._restarted_roles: set = set()  # roles that have sent a message of the restarted recording
+
+    def restart(self, role: str, stamp_ns: int) -> None:
+        """`reset()` because `role` jumped back to `stamp_ns` (a bag replayed from its start).
+
+        Streams are separate topics, so messages sent before the restart may still come on the
+        other streams after it. Until a stream sends a stamp of the restarted recording, its
+        stamps `time_jump_back_s` or more ahead of that recording's newest stamp are such
+        stragglers: discarded (BEFORE_RESTART) instead of taken for the new run, which would then
+        jump back once more.
+        """
+        self.reset()
+        self._restart_frontier_ns = int(stamp_ns)
+        self._restarted_roles = {role}
+
+    def _before_restart(self, role: str, stamp_ns: int) -> bool:
+        if self._restart_frontier_ns is None:
+            return False
+        if role not in self._restarted_roles:
+            if stamp_ns - self._restart_frontier_ns >= self.config.time_jump_back_s * NS_PER_S:
+                return True
+            self._restarted_roles.add(role)
+        self._restart_frontier_ns = max(self._restart_frontier_ns, stamp_ns)
+        return False
 
     def reset_stats(self) -> None:
         self.stats = AssemblyStats()
@@ -146,20 +174,26 @@ class FrameAssembler:
         return int(round(self.config.max_stamp_diff_s * NS_PER_S))
 
     # ------------------------------------------------------------------ input
-    def add_pose(self, stamp_ns: int, T_world_cam: np.ndarray, now_ns: Optional[int] = None) -> bool:
-        """Add a pose; False (and counted) when it is not a finite rigid transform or comes out of order."""
+    def add_pose(self, stamp_ns: int, T_world_cam: np.ndarray, now_ns: Optional[int] = None) -> str:
+        """Add a pose; ACCEPTED, INVALID_POSE (not a finite rigid transform), OUT_OF_ORDER,
+        BEFORE_RESTART (see restart) or TIME_JUMP_BACK (not added, not counted: see add_image)."""
         T = np.asarray(T_world_cam, dtype=np.float64)
         stamp_ns = int(stamp_ns)
         self.stats.received["pose"] += 1
         if T.shape != (4, 4) or not is_rigid_transform(T, 1e-3):
-            self.stats.discarded["pose_invalid"] += 1
-            return False
+            self.stats.discarded[INVALID_POSE] += 1
+            return INVALID_POSE
+        if self._before_restart("pose", stamp_ns):
+            self.stats.discarded[f"pose_{BEFORE_RESTART}"] += 1
+            return BEFORE_RESTART
         if self._pose_stamps and stamp_ns <= self._pose_stamps[-1]:
+            if self._is_jump_back(self._pose_stamps[-1], stamp_ns):
+                return TIME_JUMP_BACK
             if stamp_ns == self._pose_stamps[-1]:
                 self.stats.discarded["pose_duplicate_stamp"] += 1
             else:
                 self.stats.discarded["pose_out_of_order"] += 1
-            return False
+            return OUT_OF_ORDER
         self._pose_stamps.append(stamp_ns)
         self._poses.append(T)
         self._last_stamp["pose"] = stamp_ns
@@ -170,24 +204,33 @@ class FrameAssembler:
             cut += 1
         if cut:
             del self._pose_stamps[:cut], self._poses[:cut]
-        return True
+        return ACCEPTED
+
+    def _is_jump_back(self, newest_ns: int, stamp_ns: int) -> bool:
+        return newest_ns - stamp_ns >= self.config.time_jump_back_s * NS_PER_S
 
     def add_image(self, role: str, stamp_ns: int, payload: Any, now_ns: Optional[int] = None) -> str:
-        """Add one image of `role`; returns ACCEPTED, OUT_OF_ORDER or TIME_JUMP_BACK (not added).
+        """Add one image of `role`; returns ACCEPTED, OUT_OF_ORDER, BEFORE_RESTART or TIME_JUMP_BACK.
 
-        Only the colour stream (which drives frames) reports TIME_JUMP_BACK; the caller decides:
-        `reset()` and add again (replay from the start), or refuse. Other streams count older
-        stamps as out of order until the colour stream's jump resets the assembler.
+        A stamp older than its stream's newest by `time_jump_back_s` or more is TIME_JUMP_BACK, on
+        any stream (a replayed bag's first message may be a pose or a depth image). It is not
+        added or counted; the caller decides: `restart()` and add again, or refuse (and count).
         """
         if role not in IMAGE_ROLES:
             raise ValueError(f"unknown image role {role!r}; expected one of {IMAGE_ROLES}")
         now = self._now(now_ns)
         stamp_ns = int(stamp_ns)
         self.stats.received[role] += 1
+        if self._before_restart(role, stamp_ns):
+            if role == "rgb":
+                self.stats.drops[BEFORE_RESTART] += 1
+            else:
+                self.stats.discarded[f"{role}_{BEFORE_RESTART}"] += 1
+            return BEFORE_RESTART
         newest = self._last_stamp.get(role)
         if newest is not None and stamp_ns <= newest:
-            if role == "rgb" and newest - stamp_ns >= self.config.time_jump_back_s * NS_PER_S:
-                return TIME_JUMP_BACK  # not counted here: the caller resets or refuses (and counts)
+            if self._is_jump_back(newest, stamp_ns):
+                return TIME_JUMP_BACK
             if role == "rgb":
                 self.stats.drops[OUT_OF_ORDER] += 1
             else:

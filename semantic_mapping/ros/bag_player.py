@@ -1,7 +1,7 @@
 """Play a ROS 2 bag into live topics without ros2cli: rosbags reads it, rclpy publishes it.
 
     python -m semantic_mapping.ros.bag_player BAG [--rate R] [--reliable] [--prefix /ns]
-        [--wait-subscribers S] [--prime-camera-info] [--loops N] [--loop-gap S] [--topics /a /b]
+        [--wait-subscribers S] [--prime-camera-info] [--loops N] [--loop-gap S] [--topics /a /b] [--clock]
 
 Messages go out in bag-time order at the bag's own timing scaled by --rate (2 = twice as fast),
 on the recorded topic names (with --prefix prepended, e.g. /robot1/rgb/image), as the recorded
@@ -10,6 +10,8 @@ Messages of one bag instant go out together, CameraInfo first (a node drops imag
 before any intrinsics; recorders may write the image of an instant before its CameraInfo).
 Header stamps are the recorded ones; a node replaying them needs no use_sim_time for mapping,
 and --loops N > 1 replays the bag again from its start (the stamps then jump back in time).
+--clock publishes the bag time on /clock before each instant's messages (for nodes run with
+use_sim_time:=true, as `ros2 bag play --clock` does).
 
 --reliable publishes with reliable QoS (for a node run with node.reliable_inputs:=true), and at the
 end waits until the subscribers acknowledged everything. --wait-subscribers S waits up to S seconds
@@ -31,12 +33,15 @@ from pathlib import Path
 from typing import Optional
 
 import rclpy
+from builtin_interfaces.msg import Time
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.rosbag2 import Reader
+from rosgraph_msgs.msg import Clock
 
 PLAYER_NODE_NAME = "semantic_mapping_bag_player"
+CLOCK_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=1)
 
 
 def message_class(msgtype: str):
@@ -83,7 +88,8 @@ def _instants(messages):
 class BagPlayer(Node):
     """One publisher per recorded topic; `play` sends the bag's messages at its timing / rate."""
 
-    def __init__(self, bag: Path, prefix: str = "", reliable: bool = False, topics: Optional[list] = None):
+    def __init__(self, bag: Path, prefix: str = "", reliable: bool = False, topics: Optional[list] = None,
+                 clock: bool = False):
         super().__init__(PLAYER_NODE_NAME)
         self.bag = Path(bag)
         self.reliable = reliable
@@ -102,6 +108,7 @@ class BagPlayer(Node):
                 self.publishers_by_topic[c.topic] = self.create_publisher(
                     message_class(c.msgtype), prefixed(c.topic, prefix), input_qos(reliable))
         self.topics = sorted(self.publishers_by_topic)
+        self.clock_pub = self.create_publisher(Clock, "/clock", CLOCK_QOS) if clock else None
 
     def wait_for_subscribers(self, timeout_s: float) -> list:
         """Wait until every publisher has a subscriber (or timeout); the topics still without one."""
@@ -152,6 +159,8 @@ class BagPlayer(Node):
                     delay = target - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
+                    if self.clock_pub is not None:
+                        self.clock_pub.publish(Clock(clock=Time(sec=bag_ns // 10**9, nanosec=bag_ns % 10**9)))
                     for connection, raw in group:
                         self.publishers_by_topic[connection.topic].publish(bytes(raw))
                         per_topic[connection.topic] += 1
@@ -177,6 +186,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--prime-camera-info", action="store_true",
                         help="send each camera_info topic's first message before the bag (like a latched topic)")
     parser.add_argument("--loops", type=int, default=1, help="play the bag this many times")
+    parser.add_argument("--clock", action="store_true", help="publish the bag time on /clock (for use_sim_time nodes)")
     parser.add_argument("--loop-gap", type=float, default=0.5, metavar="S", help="pause between loops")
     args, ros_args = parser.parse_known_args(argv if argv is not None else sys.argv[1:])
     if args.loops < 1:
@@ -184,7 +194,7 @@ def main(argv: Optional[list] = None) -> int:
     rclpy.init(args=[sys.argv[0], *ros_args])
     try:
         try:
-            player = BagPlayer(Path(args.bag), args.prefix, args.reliable, args.topics)
+            player = BagPlayer(Path(args.bag), args.prefix, args.reliable, args.topics, args.clock)
         except (ValueError, OSError) as exc:
             print(f"bag_player: cannot play {args.bag}: {exc}", file=sys.stderr)
             return 2

@@ -31,7 +31,8 @@ STATUS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabil
 def status_dict(msg: Optional[MapperStatus]) -> Optional[dict]:
     if msg is None:
         return None
-    return {"frames_received": int(msg.frames_received), "frames_integrated": int(msg.frames_integrated),
+    return {"stamp_s": msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9,
+            "frames_received": int(msg.frames_received), "frames_integrated": int(msg.frames_integrated),
             "voxel_count": int(msg.voxel_count), "drops": dict(zip(msg.drop_reasons, map(int, msg.drop_counts))),
             "latency_ms_p50": float(msg.latency_ms_p50), "latency_ms_p95": float(msg.latency_ms_p95)}
 

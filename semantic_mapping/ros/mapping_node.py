@@ -32,6 +32,7 @@ from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -43,6 +44,7 @@ from visualization_msgs.msg import Marker
 from semantic_mapping.config import ConfigError, load_config
 from semantic_mapping.geometry.pose import T_from_quat_xyzw
 from semantic_mapping.io.frame_assembly import (
+    ACCEPTED,
     OUT_OF_ORDER,
     TIME_JUMP_BACK,
     AssemblyError,
@@ -157,6 +159,7 @@ class MappingNode(Node):
         self._last_publish = {"voxels": 0.0, "mesh": 0.0, "grid": 0.0}
         self._last_subscribers = {"voxels": 0, "mesh": 0, "grid": 0}
         self._reset_requested = False
+        self._time_jump_resets = 0
         self._warned: set = set()
         self.intrinsics = None
         self.depth_intrinsics = None
@@ -187,8 +190,12 @@ class MappingNode(Node):
         self.create_service(SaveMap, "~/save_map", self._on_save, callback_group=services)
         self.create_service(LoadMap, "~/load_map", self._on_load, callback_group=services)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=services)
-        self.create_timer(0.05, self._pump, callback_group=timers)
-        self.create_timer(1.0 / max(p.node.status_rate_hz, 0.01), self._publish_status, callback_group=timers)
+        # steady timers: with use_sim_time the ROS clock stops when a bag ends (and jumps back when it loops),
+        # but pairing timeouts and status keep running on receipt time
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(0.05, self._pump, callback_group=timers, clock=steady)
+        self.create_timer(1.0 / max(p.node.status_rate_hz, 0.01), self._publish_status, callback_group=timers,
+                          clock=steady)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish_label_space()
 
@@ -283,23 +290,10 @@ class MappingNode(Node):
                 self._camera_frame_id = msg.header.frame_id
             result = self.assembler.add_image(role, stamp_ns, array, now)
             if result == TIME_JUMP_BACK:
-                if self.params.node.on_time_jump == "reset":
-                    self.get_logger().warning(
-                        f"{role} stamps jumped back in time (to {stamp_ns / 1e9:.3f} s): a bag restarted? "
-                        "resetting the map (node.on_time_jump=reset)")
-                    self.assembler.reset()
-                    self._drops["queue_cleared_on_reset"] += len(self._queue)
-                    self._queue.clear()
-                    self._reset_requested = True
-                    self._wake.notify_all()
-                    self.assembler.add_image(role, stamp_ns, array, now)
-                else:
-                    self._drops["time_jump_back"] += role == "rgb"
-                    self.get_logger().error(
-                        f"refusing {role} stamped {stamp_ns / 1e9:.3f} s: stamps jumped back in time; call ~/reset "
-                        "or set node.on_time_jump:=reset to map the replay", throttle_duration_sec=5.0)
+                if not self._on_time_jump(role, stamp_ns):
                     return
-            elif result == OUT_OF_ORDER and role == "rgb":
+                result = self.assembler.add_image(role, stamp_ns, array, now)
+            if result == OUT_OF_ORDER and role == "rgb":
                 self.get_logger().warning(f"colour image stamped {stamp_ns / 1e9:.3f} s is out of order: dropped",
                                        throttle_duration_sec=5.0)
             self._collect(now)
@@ -340,9 +334,36 @@ class MappingNode(Node):
                                    "the map is expressed in the pose's frame")
         with self._lock:
             self._rates["pose"].tick(now)
-            if not self.assembler.add_pose(conv.stamp_to_ns(msg.header.stamp), T_world_pose @ self._T_pose_cam, now):
-                self.get_logger().warning("pose refused (not rigid, or out of order)", throttle_duration_sec=5.0)
+            stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+            T_world_cam = T_world_pose @ self._T_pose_cam
+            result = self.assembler.add_pose(stamp_ns, T_world_cam, now)
+            if result == TIME_JUMP_BACK:
+                if not self._on_time_jump("pose", stamp_ns):
+                    return
+                result = self.assembler.add_pose(stamp_ns, T_world_cam, now)
+            if result != ACCEPTED:
+                self.get_logger().warning(f"pose refused: {result}", throttle_duration_sec=5.0)
             self._collect(now)
+
+    def _on_time_jump(self, role: str, stamp_ns: int) -> bool:
+        """A stream's stamps jumped back (a bag restarted); reset the map or refuse per node.on_time_jump.
+        True when the message should be added again (after the reset). Lock held."""
+        if self.params.node.on_time_jump == "reset":
+            self.get_logger().warning(
+                f"{role} stamps jumped back in time (to {stamp_ns / 1e9:.3f} s): a bag restarted? "
+                "resetting the map (node.on_time_jump=reset)")
+            self.assembler.restart(role, stamp_ns)
+            self._drops["queue_cleared_on_reset"] += len(self._queue)
+            self._queue.clear()
+            self._reset_requested = True
+            self._time_jump_resets += 1
+            self._wake.notify_all()
+            return True
+        self._drops["time_jump_back"] += role == "rgb"
+        self.get_logger().error(
+            f"refusing {role} stamped {stamp_ns / 1e9:.3f} s: stamps jumped back in time; call ~/reset "
+            "or set node.on_time_jump:=reset to map the replay", throttle_duration_sec=5.0)
+        return False
 
     def _collect(self, now: int) -> None:
         """Move assembled frames into the integration queue (lock held)."""
@@ -403,12 +424,16 @@ class MappingNode(Node):
         t0 = time.perf_counter()
         with self._mapper_lock:
             result = self.mapper.integrate(frame)
-        now_ns = self.get_clock().now().nanoseconds
+        if self.get_clock().ros_time_is_active:
+            # sim time: stamps and /clock come from a bag, so measure from the colour image's receipt
+            latency_ns = time.monotonic_ns() - assembled.received_ns
+        else:  # from the image stamp: transport, pairing, queue and integration
+            latency_ns = self.get_clock().now().nanoseconds - assembled.stamp_ns
         with self._lock:
             if result.accepted:
                 self._map_version += 1
                 self._rates["integrated"].tick(time.monotonic_ns())
-                self._latencies_ms.append((now_ns - assembled.stamp_ns) / 1e6)
+                self._latencies_ms.append(latency_ns / 1e6)
                 self._integrate_ms.append((time.perf_counter() - t0) * 1e3)
             else:
                 self._drops[f"rejected_{result.reason}"] += 1
@@ -471,9 +496,7 @@ class MappingNode(Node):
             msg.input_rate_hz = float(self._rates["rgb"].hz(now))
             msg.integration_rate_hz = float(self._rates["integrated"].hz(now))
         with self._mapper_lock:
-            stats = self.mapper.stats
-            rejected = dict(stats.frames_rejected)
-            msg.frames_integrated = stats.frames_integrated
+            msg.frames_integrated = self.mapper.stats.frames_integrated
             msg.voxel_count = int(self.mapper.map.num_voxels)
         msg.header = Header(stamp=conv.ns_to_stamp(self._stamp_ns()), frame_id=self.params.node.map_frame)
         msg.drop_reasons = sorted(drops)
@@ -481,7 +504,6 @@ class MappingNode(Node):
         msg.latency_ms_p50 = float(np.percentile(latencies, 50))
         msg.latency_ms_p95 = float(np.percentile(latencies, 95))
         msg.memory_mb = float(_rss_mb())
-        del rejected
         return msg
 
     @_guarded
@@ -509,6 +531,7 @@ class MappingNode(Node):
                 if role not in ("assembled", "integrated"):
                     values[f"input_rate_hz.{role}"] = f"{rate.hz(now):.2f}"
             values["queue_length"] = len(self._queue)
+            values["time_jump_resets"] = self._time_jump_resets
             for role, count in self.assembler.stats.received.items():
                 values[f"received.{role}"] = count
             if self._integrate_ms:
