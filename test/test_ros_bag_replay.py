@@ -33,7 +33,7 @@ VOXEL_SIZE_M = 0.04
 LOOP_GAP_S = 1.0
 NODE_PARAMS = {"fusion.voxel_size_m": VOXEL_SIZE_M, "fusion.device": "cpu", "node.reliable_inputs": True,
                "node.queue_size": 2 * FRAMES, "node.status_rate_hz": 4.0, "assembly.max_wait_s": 5.0,
-               "assembly.time_jump_back_s": 0.1, "node.on_time_jump": "reset", "use_sim_time": True}
+               "assembly.time_jump_back_s": 0.1, "use_sim_time": True}
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +59,13 @@ def _load(path: Path):
     return mapper
 
 
-def _replay(tmp_path: Path, domain: int, bag: Path, loops: int) -> dict:
-    """Play the bag `loops` times into a fresh node, wait until the last loop's frames are integrated, save."""
+def _replay(tmp_path: Path, domain: int, bag: Path, loops: int, on_time_jump: str = "reset") -> dict:
+    """Play the bag `loops` times into a fresh node, wait until FRAMES frames are integrated, save."""
     ros = lambda module, args, timeout: subprocess.run(  # noqa: E731
         proc.ros_command(module, args), cwd=tmp_path, env=proc.ros_env(domain, tmp_path / "ros_log"),
         capture_output=True, text=True, timeout=timeout)
-    node = proc.start("semantic_mapping.ros.mapping_node", proc.node_args(NODE_PARAMS), domain, tmp_path, "node")
+    params = {**NODE_PARAMS, "node.on_time_jump": on_time_jump}
+    node = proc.start("semantic_mapping.ros.mapping_node", proc.node_args(params), domain, tmp_path, "node")
     saved = tmp_path / "node_map.npz"
     t0 = time.monotonic()
     try:
@@ -114,7 +115,7 @@ def _assert_same_map(node_mapper, reference, context: str) -> None:
 def test_bag_replayed_twice_on_sim_time_resets_and_gives_the_offline_map(tmp_path, bag_and_reference):
     _require_ros()
     bag, reference = bag_and_reference
-    r = _replay(tmp_path, domain_id(11), bag, loops=2)
+    r = _replay(tmp_path, domain_id(11), bag, loops=2, on_time_jump="reset")
     # the replay's jump back in time reset the map once (whichever stream saw it first), and the
     # counters restarted: the map holds exactly the second loop's frames
     assert r["log"].count("jumped back in time") == 1, r["context"]
@@ -123,4 +124,18 @@ def test_bag_replayed_twice_on_sim_time_resets_and_gives_the_offline_map(tmp_pat
     assert 1.0 <= r["status"]["stamp_s"] <= 1.0 + FRAMES / 30 + 1.0, r["context"]
     # on sim time the latency runs from receipt (stamps and clock both come from the bag)
     assert 0 < r["status"]["latency_ms_p50"] <= r["status"]["latency_ms_p95"] < 5000, r["context"]
+    _assert_same_map(r["map"], reference, r["context"])
+
+
+@pytest.mark.slow
+def test_a_replay_jumping_back_is_refused_when_asked_and_the_map_kept(tmp_path, bag_and_reference):
+    _require_ros()
+    bag, reference = bag_and_reference
+    r = _replay(tmp_path, domain_id(12), bag, loops=2, on_time_jump="refuse")
+    assert "resetting the map" not in r["log"] and "refusing" in r["log"], r["context"]
+    # every colour image of the replay refused: as a jump back, or (within time_jump_back_s of the
+    # first run's newest stamp) as out of order
+    drops = r["status"]["drops"]
+    assert drops.get("time_jump_back", 0) + drops.get("stamp_out_of_order", 0) == FRAMES, r["context"]
+    assert r["status"]["frames_integrated"] == FRAMES, r["context"]  # the first run's frames, kept
     _assert_same_map(r["map"], reference, r["context"])
