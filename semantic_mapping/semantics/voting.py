@@ -1,0 +1,144 @@
+"""Learned soft voting (GNeSF §3.2.2, Eq. 3-4) over the keyframes that see a point.
+
+For a point x seen by N keyframes, each view i gives sampled image features F_i(x) [d] and class
+probabilities S_i(x) [C]. F'_i = f_view([F_i, mean_j F_j, var_j F_j]); the voting weight is
+v_i = f_vote([F'_i, f_geo(M(x)), Δd_i, cues_i]) with M(x) the local TSDF geometry, Δd_i = x - o_i
+and cues_i what the view makes of the point (distance, viewing angle, distance to the image
+border, the entropy and peak of S_i and its agreement with the other views). The point's
+semantics are s(x) = Σ_i softmax(v)_i S_i(x) (Eq. 4, over probabilities), or, for the ablation of
+GNeSF Table 4, the softmax of the weighted log-probabilities ("logits").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GEOMETRY_DIM = 11
+"""M(x): TSDF at x and at x ± one voxel along each axis (7, truncation units), log weight, normal (3)."""
+CUE_DIM = 9
+"""Per-view cues: distance (m), Δd / distance (3), cos of the viewing angle, border distance,
+entropy / log C and peak of S_i, agreement of S_i with the views' mean."""
+VOTE_SPACES = ("probabilities", "logits")
+_LOG_EPS = 1e-6
+
+
+def _mlp(sizes: list) -> nn.Sequential:
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(4, cout), nn.ReLU(inplace=True))
+
+
+class ImageEncoder(nn.Module):
+    """A two-level U-Net for CPU: rgb [B, 3, h, w] in [0, 1] -> features [B, d, h, w]."""
+
+    def __init__(self, feature_dim: int = 16, width: int = 16):
+        super().__init__()
+        self.down1 = nn.Sequential(_conv(3, width), _conv(width, width))
+        self.down2 = nn.Sequential(_conv(width, 2 * width, stride=2), _conv(2 * width, 2 * width))
+        self.up = nn.Sequential(_conv(3 * width, width), nn.Conv2d(width, feature_dim, 1))
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        skip = self.down1(rgb)  # [B, w, h, w]
+        deep = self.down2(skip)  # [B, 2w, h/2, w/2]
+        deep = F.interpolate(deep, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.up(torch.cat([skip, deep], dim=1))  # [B, d, h, w]
+
+
+def sample_maps(maps: torch.Tensor, view_index: torch.Tensor, pixel_uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of per-view maps [K, ch, h, w] at (view, pixel) pairs: [P, N, ch].
+
+    view_index [P, N] (-1 = none: zeros), pixel_uv [P, N, 2] with integer = pixel centre and the
+    border value held outside, as `keyframes.sample_views`. Differentiable with respect to `maps`.
+    """
+    K, ch, h, w = maps.shape
+    P, N = view_index.shape
+    u = pixel_uv[..., 0].clamp(0, w - 1)  # [P, N]
+    v = pixel_uv[..., 1].clamp(0, h - 1)
+    u0, v0 = u.floor().clamp(max=w - 2).long(), v.floor().clamp(max=h - 2).long()  # [P, N]
+    fu, fv = (u - u0).unsqueeze(-1), (v - v0).unsqueeze(-1)  # [P, N, 1]
+    k = view_index.clamp(min=0)
+    flat = maps.permute(0, 2, 3, 1).reshape(K * h * w, ch)  # [K*h*w, ch]
+    base = (k * h + v0) * w + u0  # [P, N]
+    out = ((1 - fu) * (1 - fv) * flat[base] + fu * (1 - fv) * flat[base + 1]
+           + (1 - fu) * fv * flat[base + w] + fu * fv * flat[base + w + 1])  # [P, N, ch]
+    return out * (view_index >= 0).unsqueeze(-1)
+
+
+def view_cues(
+    probs: torch.Tensor,  # [P, N, C]
+    valid: torch.Tensor,  # [P, N] bool
+    displacement_m: torch.Tensor,  # [P, N, 3] x - o_i, world frame
+    pixel_uv: torch.Tensor,  # [P, N, 2]
+    normal: torch.Tensor,  # [P, 3] unit surface normal (towards free space), world frame
+    image_wh: tuple,
+) -> torch.Tensor:  # [P, N, CUE_DIM]
+    """What each view makes of the point (see CUE_DIM)."""
+    C = probs.shape[-1]
+    w, h = image_wh
+    dist = displacement_m.norm(dim=-1, keepdim=True).clamp(min=1e-6)  # [P, N, 1]
+    direction = displacement_m / dist
+    cos_view = -(direction * normal[:, None]).sum(-1, keepdim=True)  # [P, N, 1] 1 = head-on
+    u, v = pixel_uv[..., :1], pixel_uv[..., 1:]
+    border = torch.minimum(torch.minimum(u + 0.5, w - 0.5 - u), torch.minimum(v + 0.5, h - 0.5 - v))
+    border = (border / (0.5 * min(w, h))).clamp(0, 1)  # [P, N, 1]
+    entropy = -(probs * torch.log(probs + _LOG_EPS)).sum(-1, keepdim=True) / math.log(C)
+    peak = probs.max(-1, keepdim=True).values
+    mask = valid.unsqueeze(-1).float()
+    mean = (probs * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)  # [P, 1, C]
+    agreement = (probs * mean).sum(-1, keepdim=True)
+    return torch.cat([dist, direction, cos_view, border, entropy, peak, agreement], dim=-1) * mask
+
+
+class VotingNet(nn.Module):
+    """Voting weights from features, geometry, displacement and cues; s(x) by Eq. 4."""
+
+    def __init__(self, num_classes: int, feature_dim: int = 16, hidden_dim: int = 32, vote_space: str = "probabilities"):
+        super().__init__()
+        if vote_space not in VOTE_SPACES:
+            raise ValueError(f"vote_space must be one of {VOTE_SPACES}, got {vote_space!r}")
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.vote_space = vote_space
+        self.encoder = ImageEncoder(feature_dim)
+        self.view_mlp = _mlp([3 * feature_dim, hidden_dim, hidden_dim])
+        self.geometry_mlp = _mlp([GEOMETRY_DIM, hidden_dim, hidden_dim])
+        self.vote_mlp = _mlp([2 * hidden_dim + 3 + CUE_DIM, hidden_dim, hidden_dim, 1])
+
+    def vote_logits(
+        self,
+        features: torch.Tensor,  # [P, N, d]
+        valid: torch.Tensor,  # [P, N] bool
+        displacement_m: torch.Tensor,  # [P, N, 3]
+        cues: torch.Tensor,  # [P, N, CUE_DIM]
+        geometry: torch.Tensor,  # [P, GEOMETRY_DIM]
+    ) -> torch.Tensor:  # [P, N], -inf where not valid
+        mask = valid.unsqueeze(-1).float()
+        count = mask.sum(1, keepdim=True).clamp(min=1)
+        mean = (features * mask).sum(1, keepdim=True) / count  # [P, 1, d]
+        var = (((features - mean) ** 2) * mask).sum(1, keepdim=True) / count
+        N = features.shape[1]
+        view = self.view_mlp(torch.cat([features, mean.expand(-1, N, -1), var.expand(-1, N, -1)], -1))  # [P, N, h]
+        geo = self.geometry_mlp(geometry).unsqueeze(1).expand(-1, N, -1)  # [P, N, h]
+        v = self.vote_mlp(torch.cat([view, geo, displacement_m, cues], -1)).squeeze(-1)  # [P, N]
+        return v.masked_fill(~valid, -torch.inf)
+
+    def combine(self, probs: torch.Tensor, vote_logits: torch.Tensor) -> torch.Tensor:
+        """s(x) [P, C] from per-view probabilities [P, N, C] and vote logits [P, N] (rows without a
+        valid view give zeros)."""
+        any_view = torch.isfinite(vote_logits).any(-1, keepdim=True)  # [P, 1]
+        weights = torch.softmax(vote_logits.masked_fill(~any_view, 0.0), dim=-1) * any_view  # [P, N]
+        if self.vote_space == "probabilities":
+            return (weights.unsqueeze(-1) * probs).sum(1)
+        logits = (weights.unsqueeze(-1) * torch.log(probs + _LOG_EPS)).sum(1)  # [P, C]
+        return torch.softmax(logits, dim=-1) * any_view

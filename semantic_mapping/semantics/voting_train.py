@@ -1,0 +1,103 @@
+"""Training of the soft-voting network with 2D supervision only (GNeSF §3.3, Eq. 5-6, 8-9).
+
+Each step takes a batch of rays of held-out views of one scene, votes the semantics of the
+samples along each ray from the scene's keyframes, renders them with the SDF weights and
+minimises the cross-entropy against the rays' 2D labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from semantic_mapping.semantics.voting import VotingNet, sample_maps, view_cues
+from semantic_mapping.semantics.voting_data import PointViews, SceneData
+
+_LOG_EPS = 1e-6
+
+
+def vote(net: VotingNet, features: torch.Tensor, views: PointViews, image_wh: tuple, uniform: bool = False):
+    """s(x) [P, C] for points of `views`, with keyframe features [K, d, h, w]; `uniform` replaces
+    the learned weights by equal ones (the non-learned soft vote)."""
+    normal = views.geometry[:, -3:]
+    if uniform:
+        logits = torch.zeros(views.valid.shape).masked_fill(~views.valid, -torch.inf)
+    else:
+        sampled = sample_maps(features, views.view_index, views.pixel_uv)  # [P, N, d]
+        cues = view_cues(views.probs, views.valid, views.displacement_m, views.pixel_uv, normal, image_wh)
+        logits = net.vote_logits(sampled, views.valid, views.displacement_m, cues, views.geometry)
+    return net.combine(views.probs, logits)
+
+
+def render_rays(net: VotingNet, scene: SceneData, rays: torch.Tensor, uniform: bool = False) -> torch.Tensor:
+    """Rendered class distributions [B, C] of the rays `rays` [B] (Eq. 5)."""
+    S = scene.samples_per_ray
+    rows = (rays[:, None] * S + torch.arange(S)).reshape(-1)  # [B * S]
+    views = PointViews(*(getattr(scene.views, f)[rows] for f in PointViews.__dataclass_fields__))
+    features = None if uniform else net.encoder(scene.keyframe_rgb)  # [K, d, h, w]
+    s = vote(net, features, views, scene.image_wh, uniform)  # [B * S, C]
+    return (scene.render_weight[rays].unsqueeze(-1) * s.reshape(len(rays), S, -1)).sum(1)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 400
+    rays_per_step: int = 1024
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 50
+    seed: int = 0
+
+
+@dataclass
+class History:
+    step: list = field(default_factory=list)
+    train_loss: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    val_accuracy: list = field(default_factory=list)
+
+
+def evaluate(net: VotingNet, scenes: list, uniform: bool = False) -> tuple[float, float]:
+    """(cross-entropy, pixel accuracy) of the rendered rays of `scenes`."""
+    total, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for scene in scenes:
+            rays = torch.arange(len(scene.label))
+            rendered = render_rays(net, scene, rays, uniform)
+            total += float(F.nll_loss(torch.log(rendered + _LOG_EPS), scene.label, reduction="sum"))
+            correct += int((rendered.argmax(1) == scene.label).sum())
+            count += len(rays)
+    return total / max(count, 1), correct / max(count, 1)
+
+
+def train(net: VotingNet, scenes: list, val_scenes: list, config: TrainConfig, progress=None) -> History:
+    """Adam on the rendered cross-entropy (Eq. 6); returns the loss curves."""
+    generator = torch.Generator().manual_seed(config.seed)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
+    history = History()
+    running = []
+    for step in range(1, config.steps + 1):
+        scene = scenes[int(torch.randint(len(scenes), (1,), generator=generator))]
+        rays = torch.randint(len(scene.label), (min(config.rays_per_step, len(scene.label)),), generator=generator)
+        net.train()
+        rendered = render_rays(net, scene, rays)
+        loss = F.nll_loss(torch.log(rendered + _LOG_EPS), scene.label[rays])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        running.append(loss.item())
+        if progress is not None:
+            progress(step, running[-1])
+        if step % config.eval_every == 0 or step == config.steps:
+            net.eval()
+            val_loss, val_accuracy = evaluate(net, val_scenes)
+            history.step.append(step)
+            history.train_loss.append(sum(running) / len(running))
+            history.val_loss.append(val_loss)
+            history.val_accuracy.append(val_accuracy)
+            running = []
+    return history
