@@ -74,3 +74,32 @@ def test_votes_are_differentiable_end_to_end_and_ignore_invalid_views():
     changed = probs.clone()
     changed[~valid] = 1.0 / C
     torch.testing.assert_close(net.combine(changed, logits.detach()), s.detach())
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path):
+    import pytest
+
+    from semantic_mapping.semantics.voting import CheckpointError, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(1)
+    net = VotingNet(C, feature_dim=8, vote_space="logits").eval()
+    path = tmp_path / "voting.pt"
+    save_checkpoint(path, net, {"seeds": [20, 21], "note": "test"})
+    loaded, meta = load_checkpoint(path, C)
+    assert meta == {"seeds": [20, 21], "note": "test"} and loaded.vote_space == "logits"
+    rgb = torch.rand(2, 3, 24, 32)
+    torch.testing.assert_close(loaded.encoder(rgb), net.encoder(rgb))
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    with pytest.raises(CheckpointError, match="trained for 5 classes"):
+        load_checkpoint(path, C + 1)
+    with pytest.raises(CheckpointError, match="no voting weights"):
+        load_checkpoint(tmp_path / "missing.pt", C)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(corrupt, C)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(CheckpointError, match="not a voting checkpoint"):
+        load_checkpoint(other, C)

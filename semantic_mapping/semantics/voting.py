@@ -142,3 +142,47 @@ class VotingNet(nn.Module):
             return (weights.unsqueeze(-1) * probs).sum(1)
         logits = (weights.unsqueeze(-1) * torch.log(probs + _LOG_EPS)).sum(1)  # [P, C]
         return torch.softmax(logits, dim=-1) * any_view
+
+
+# ----------------------------------------------------------------------------- checkpoints
+CHECKPOINT_FORMAT = "semantic_mapping.voting"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A voting checkpoint that cannot be used (missing, corrupt, or for another label space)."""
+
+
+def save_checkpoint(path, net: VotingNet, meta: dict) -> None:
+    """Write the network and `meta` (the config that produced it, figures; plain types only) atomically."""
+    import io
+
+    from semantic_mapping.atomic_files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "num_classes": net.num_classes,
+                "feature_dim": net.feature_dim, "vote_space": net.vote_space,
+                "state_dict": net.state_dict(), "meta": meta}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path, num_classes: int) -> tuple[VotingNet, dict]:
+    """(network in eval mode, meta) from `path`, loaded with weights_only=True; CheckpointError says why not."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"no voting weights at {path}") from exc
+    except Exception as exc:  # unpickling errors, truncated files
+        raise CheckpointError(f"voting weights at {path} are unreadable: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a voting checkpoint")
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {data.get('version')}, expected {CHECKPOINT_VERSION}")
+    if data["num_classes"] != num_classes:
+        raise CheckpointError(f"{path} was trained for {data['num_classes']} classes, the label space has {num_classes}")
+    net = VotingNet(num_classes, feature_dim=data["feature_dim"], vote_space=data["vote_space"])
+    try:
+        net.load_state_dict(data["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path} does not match the voting network: {exc}") from exc
+    return net.eval(), data.get("meta", {})

@@ -101,3 +101,31 @@ def train(net: VotingNet, scenes: list, val_scenes: list, config: TrainConfig, p
             history.val_accuracy.append(val_accuracy)
             running = []
     return history
+
+
+def plot_history(history: History, path, title: str = "soft voting training") -> None:
+    """Loss curves (train, validation) and validation accuracy as a PNG, written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from semantic_mapping.atomic_files import atomic_write_bytes
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(history.step, history.train_loss, label="train (mean since last point)")
+    ax_loss.plot(history.step, history.val_loss, label="validation")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("rendered cross-entropy (Eq. 6)")
+    ax_loss.legend()
+    ax_acc.plot(history.step, history.val_accuracy, color="tab:green")
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("validation pixel accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
