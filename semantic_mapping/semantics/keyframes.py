@@ -329,17 +329,7 @@ def _sample_chunk(stack: _Stack, x: torch.Tensor, n: int, C: int, out: ViewSampl
         return
     pair_k = view[pair_p, pair_s]  # [M] keyframe
     pair_uv = uv[pair_p, pair_k]  # [M, 2]
-    # Grid per keyframe holding only the pairs that chose it: rank = position among that keyframe's pairs.
-    counts = torch.bincount(pair_k, minlength=stack.maps.shape[0])  # [K]
-    order = torch.argsort(pair_k, stable=True)  # [M]
-    first = torch.cumsum(counts, 0) - counts  # [K] first sorted position of each keyframe
-    rank = torch.empty_like(pair_k)
-    rank[order] = torch.arange(len(order), device=x.device) - first[pair_k[order]]  # [M]
-    grid = x.new_zeros((stack.maps.shape[0], int(counts.max()), 1, 2))  # [K, Mmax, 1, 2]
-    size = torch.tensor([w, h], dtype=x.dtype, device=x.device)
-    grid[pair_k, rank, 0] = (2.0 * pair_uv + 1.0) / size - 1.0  # align_corners=False normalisation
-    sampled = F.grid_sample(stack.maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    values = sampled[..., 0].permute(0, 2, 1)[pair_k, rank]  # [M, C + d]
+    values = sample_pairs(stack.maps, pair_k, pair_uv)  # [M, C + d]
 
     r0 = rows.start
     out.probs[r0 + pair_p, pair_s] = values[:, :C]
@@ -348,6 +338,29 @@ def _sample_chunk(stack: _Stack, x: torch.Tensor, n: int, C: int, out: ViewSampl
     out.displacement_m[r0 + pair_p, pair_s] = x[pair_p] - stack.centres_m[pair_k]
     out.pixel_uv[r0 + pair_p, pair_s] = pair_uv
     out.depth_in_view_m[r0 + pair_p, pair_s] = z[pair_p, pair_k]
+
+
+def sample_pairs(
+    maps: torch.Tensor,  # [K, ch, h, w]
+    view: torch.Tensor,  # [M] int64 index into K
+    pixel_uv: torch.Tensor,  # [M, 2] pixels, integer = pixel centre
+) -> torch.Tensor:  # [M, ch]
+    """Bilinear samples of per-view maps at (view, pixel) pairs (see the module docstring).
+
+    One `grid_sample` over a grid per view that holds only that view's pairs (rank = position
+    among them). Differentiable with respect to `maps`.
+    """
+    K, _, h, w = maps.shape
+    counts = torch.bincount(view, minlength=K)  # [K]
+    order = torch.argsort(view, stable=True)  # [M]
+    first = torch.cumsum(counts, 0) - counts  # [K] first sorted position of each view
+    rank = torch.empty_like(view)
+    rank[order] = torch.arange(len(order), device=view.device) - first[view[order]]  # [M]
+    grid = pixel_uv.new_zeros((K, int(counts.max()) if len(view) else 0, 1, 2))  # [K, Mmax, 1, 2]
+    size = torch.tensor([w, h], dtype=pixel_uv.dtype, device=pixel_uv.device)
+    grid[view, rank, 0] = (2.0 * pixel_uv + 1.0) / size - 1.0  # align_corners=False normalisation
+    sampled = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled[..., 0].permute(0, 2, 1)[view, rank]  # [M, ch]
 
 
 def _block_reduce(image: np.ndarray, ds: int, reduce) -> np.ndarray:

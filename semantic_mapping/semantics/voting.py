@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semantic_mapping.semantics.keyframes import sample_pairs
+
 GEOMETRY_DIM = 11
 """M(x): TSDF at x and at x ± one voxel along each axis (7, truncation units), log weight, normal (3)."""
 CUE_DIM = 9
@@ -58,21 +60,13 @@ class ImageEncoder(nn.Module):
 def sample_maps(maps: torch.Tensor, view_index: torch.Tensor, pixel_uv: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of per-view maps [K, ch, h, w] at (view, pixel) pairs: [P, N, ch].
 
-    view_index [P, N] (-1 = none: zeros), pixel_uv [P, N, 2] with integer = pixel centre and the
-    border value held outside, as `keyframes.sample_views`. Differentiable with respect to `maps`.
+    view_index [P, N] (-1 = none: zeros), pixel_uv [P, N, 2] as `keyframes.sample_views` gives
+    them. Differentiable with respect to `maps`.
     """
-    K, ch, h, w = maps.shape
-    P, N = view_index.shape
-    u = pixel_uv[..., 0].clamp(0, w - 1)  # [P, N]
-    v = pixel_uv[..., 1].clamp(0, h - 1)
-    u0, v0 = u.floor().clamp(max=w - 2).long(), v.floor().clamp(max=h - 2).long()  # [P, N]
-    fu, fv = (u - u0).unsqueeze(-1), (v - v0).unsqueeze(-1)  # [P, N, 1]
-    k = view_index.clamp(min=0)
-    flat = maps.permute(0, 2, 3, 1).reshape(K * h * w, ch)  # [K*h*w, ch]
-    base = (k * h + v0) * w + u0  # [P, N]
-    out = ((1 - fu) * (1 - fv) * flat[base] + fu * (1 - fv) * flat[base + 1]
-           + (1 - fu) * fv * flat[base + w] + fu * fv * flat[base + w + 1])  # [P, N, ch]
-    return out * (view_index >= 0).unsqueeze(-1)
+    p, n = (view_index >= 0).nonzero(as_tuple=True)
+    out = maps.new_zeros((*view_index.shape, maps.shape[1]))  # [P, N, ch]
+    out[p, n] = sample_pairs(maps, view_index[p, n], pixel_uv[p, n])
+    return out
 
 
 def view_cues(

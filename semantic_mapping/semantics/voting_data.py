@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 
 from semantic_mapping.config import MapperConfig
 from semantic_mapping.fusion.voxel_map import VoxelMap
-from semantic_mapping.geometry import backproject_depth, transform_points
 from semantic_mapping.semantics.keyframes import KeyframeBuffer, KeyframeConfig, sample_views
 from semantic_mapping.semantics.visibility import sample_tsdf, visible_pairs
 from semantic_mapping.semantics.voting import GEOMETRY_DIM
@@ -52,6 +50,10 @@ class PointViews:
     pixel_uv: torch.Tensor  # [P, N, 2] float32 keyframe pixels (stored resolution)
     displacement_m: torch.Tensor  # [P, N, 3] float32 x - o_i, world frame
     geometry: torch.Tensor  # [P, GEOMETRY_DIM] float32
+
+    def select(self, rows: torch.Tensor) -> "PointViews":
+        """The points `rows` (indices or a mask) only."""
+        return PointViews(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
 
 
 def point_views(
@@ -125,10 +127,11 @@ def prepare_scene(seed: int, mapper_config: MapperConfig, keyframes: KeyframeCon
         labels = frame.ground_truth.labels
         good = np.flatnonzero((labels.reshape(-1) != mapper.label_space.ignore_id) & (frame.depth_m.reshape(-1) > 0))
         pick = rng.choice(good, size=min(config.rays_per_view, len(good)), replace=False)
-        points_cam = backproject_depth(frame.depth_m, frame.intrinsics.K).reshape(-1, 3)[pick]  # [R, 3]
-        depth = np.linalg.norm(points_cam, axis=1)
-        directions_cam = points_cam / depth[:, None]
-        directions = directions_cam @ frame.T_world_cam[:3, :3].T
+        row, col = np.divmod(pick, frame.width_px)
+        pixels = np.stack([col, row, np.ones_like(col)], axis=1).astype(np.float64)  # [R, 3] homogeneous
+        rays_cam = pixels @ np.linalg.inv(frame.intrinsics.K).T * frame.depth_m.reshape(-1)[pick, None]  # [R, 3]
+        depth = np.linalg.norm(rays_cam, axis=1)
+        directions = (rays_cam / depth[:, None]) @ frame.T_world_cam[:3, :3].T
         rays.append((frame.T_world_cam[:3, 3], directions, depth, labels.reshape(-1)[pick]))
     origin = np.concatenate([np.repeat(o[None], len(d), 0) for o, d, _, _ in rays])  # [R, 3]
     directions = np.concatenate([d for _, d, _, _ in rays])
@@ -147,8 +150,7 @@ def prepare_scene(seed: int, mapper_config: MapperConfig, keyframes: KeyframeCon
     weight = weight.reshape(-1, S)
     keep = weight.sum(1) > 0  # rays with something to render
     weight = weight[keep] / weight[keep].sum(1, keepdim=True)  # Eq. 9
-    keep_points = keep.repeat_interleave(S)
-    views = PointViews(*(getattr(views, f.name)[keep_points] for f in dataclasses.fields(PointViews)))
+    views = views.select(keep.repeat_interleave(S))
     kf = buffer.keyframes
     return SceneData(
         keyframe_rgb=torch.stack([k.rgb_small for k in kf]),

@@ -35,7 +35,7 @@ def render_rays(net: VotingNet, scene: SceneData, rays: torch.Tensor, uniform: b
     """Rendered class distributions [B, C] of the rays `rays` [B] (Eq. 5)."""
     S = scene.samples_per_ray
     rows = (rays[:, None] * S + torch.arange(S)).reshape(-1)  # [B * S]
-    views = PointViews(*(getattr(scene.views, f)[rows] for f in PointViews.__dataclass_fields__))
+    views = scene.views.select(rows)
     features = None if uniform else net.encoder(scene.keyframe_rgb)  # [K, d, h, w]
     s = vote(net, features, views, scene.image_wh, uniform)  # [B * S, C]
     return (scene.render_weight[rays].unsqueeze(-1) * s.reshape(len(rays), S, -1)).sum(1)
