@@ -2,7 +2,7 @@
 
     ros2 launch semantic_mapping mapping.launch.py [params_file:=...] [ros_params_file:=...]
         [namespace:=robot1] [use_sim_time:=true] [camera:=realsense|namespace|none]
-        [camera_namespace:=/camera] [rviz:=true]
+        [camera_namespace:=/camera] [voting_voxels_per_frame:=400] [rviz:=true]
 
 params_file is the engine's YAML (config/mapping.yaml format); ros_params_file an optional ROS 2
 parameter file (node.*, assembly.*, fusion.*, ... under ros__parameters) applied on top.
@@ -60,7 +60,8 @@ def _launch_setup(context, *args, **kwargs):
     params_file = LaunchConfiguration("params_file").perform(context) or os.path.join(share, PARAMS_FILE)
     ros_params_file = LaunchConfiguration("ros_params_file").perform(context)
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1", "yes")
-    parameters = [{"config_file": params_file, "use_sim_time": use_sim_time}]
+    parameters = [{"config_file": params_file, "use_sim_time": use_sim_time,
+                   "voting.max_voxels_per_frame": int(LaunchConfiguration("voting_voxels_per_frame").perform(context))}]
     if ros_params_file:
         parameters.append(ros_params_file)
     remaps = _remaps(LaunchConfiguration("camera").perform(context),
@@ -99,6 +100,8 @@ def generate_launch_description():
                               description="input remaps: realsense, namespace or none"),
         DeclareLaunchArgument("camera_namespace", default_value="",
                               description="camera namespace for camera:=realsense (default /camera/camera) or namespace"),
+        DeclareLaunchArgument("voting_voxels_per_frame", default_value="400",
+                              description="voxels soft-voted per integrated frame at most (keeps the input rate live)"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz with config/semantic_mapping.rviz"),
         OpaqueFunction(function=_launch_setup),
     ])

@@ -10,12 +10,24 @@ from typing import Callable, IO
 import numpy as np
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, in every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def atomic_write(path: os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call `write(file)` on a temporary file in the target's folder, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # the mode a plain open() would give (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -50,7 +50,9 @@ class SemanticFusionConfig:
     """Per-voxel class distribution updated from per-pixel 2D semantics."""
 
     method: str = "bayesian"
-    """'bayesian' (per-voxel log-probability accumulation)."""
+    """'bayesian': every frame's pixels multiply their voxels' class distributions (log-probability
+    accumulation); 'voting': in addition, keyframes vote each voxel they see with the learned soft
+    vote (`VotingConfig`), and each vote multiplies the voxel's distribution the same way."""
     label_confidence: float = 0.7
     """Probability given to a label image's class where no confidence image comes with it."""
     probability_floor: float = 0.3
@@ -64,6 +66,54 @@ class SemanticFusionConfig:
     stride whose pixel footprint at fusion.depth_max_m stays under a voxel."""
     pixel_interleave: int = 2
     """Consecutive frames take turns over the k x k interleaved subsets of the sampled pixels (1: all, every frame)."""
+
+
+@dataclass
+class KeyframeConfig:
+    """Keyframe selection, storage and multi-view sampling for soft voting."""
+
+    max_keyframes: int = 32
+    """Keyframes kept at most; adding one more evicts the most redundant (see `KeyframeBuffer`)."""
+    min_translation_m: float = 0.15
+    """A frame whose camera moved at least this far from the newest keyframe becomes a keyframe."""
+    min_rotation_deg: float = 10.0
+    """A frame whose camera turned at least this much from the newest keyframe becomes a keyframe."""
+    max_overlap: float = 0.8
+    """A frame whose view overlap with the newest keyframe (fraction of its depth grid the keyframe
+    sees) is below this becomes a keyframe, however little it moved."""
+    overlap_grid_stride_px: int = 16
+    """Stride, in full-resolution pixels, of the depth grid reprojected to estimate overlap."""
+    overlap_depth_tolerance_m: float = 0.1
+    """A reprojected grid point further than this behind the keyframe's depth is occluded there (no overlap)."""
+    downsample: int = 4
+    """Stored images are this many times smaller along each axis (640x480 -> 160x120 for 4)."""
+    views_per_voxel: int = 8
+    """Keyframes sampled per point (N); the nearest camera centres among those that see the point."""
+
+
+@dataclass
+class VotingConfig:
+    """Learned soft voting (semantics.method = 'voting'): keyframes vote each surface voxel's class
+    distribution (GNeSF Eq. 3-4), and the votes are fused into the voxel's persistent distribution."""
+
+    weights: Optional[str] = None
+    """Voting network checkpoint; None: the weights shipped in the package. Missing or unusable
+    weights log an error and the mapper falls back to 'bayesian'."""
+    learned: bool = True
+    """False: every view gets the same voting weight (the non-learned soft vote, for comparison;
+    no weights are read)."""
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    visibility: bool = True
+    """Use a view for a voxel only if the fused TSDF shows no surface between them (GNeSF §4.2)."""
+    vote_weight: float = 2.0
+    """Exponent of a vote when it multiplies a voxel's distribution (a frame's pixels have 1)."""
+    max_voxels_per_frame: int = 0
+    """Voxels voted per integrated frame at most (the rest wait, oldest first); 0: all voxels a new
+    keyframe sees are voted when it arrives. A live node bounds it to keep its input rate."""
+    max_pending_voxels: int = 200000
+    """Voxels waiting for a vote at most; beyond it the oldest are dropped (and counted)."""
+    batch_voxels: int = 4096
+    """Voxels voted together (memory: about batch x views x (classes + 16) floats)."""
 
 
 @dataclass
@@ -98,6 +148,7 @@ class MapperConfig:
     semantics: SemanticFusionConfig = field(default_factory=SemanticFusionConfig)
     inputs: InputConfig = field(default_factory=InputConfig)
     outputs: OutputConfig = field(default_factory=OutputConfig)
+    voting: VotingConfig = field(default_factory=VotingConfig)
 
 
 # ----------------------------------------------------------------------------- simulation

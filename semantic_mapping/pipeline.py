@@ -28,6 +28,8 @@ from semantic_mapping.types import (
 
 log = logging.getLogger(__name__)
 
+SEMANTIC_METHODS = ("bayesian", "voting")
+
 
 class FrameRejected(ValueError):
     """A frame that cannot be integrated; `reason` is a short counter key, the message says what to fix."""
@@ -145,11 +147,42 @@ class Mapper:
         self.segmenter = segmenter
         self.map = VoxelMap(self.config.fusion, self.label_space.num_classes, self.config.semantics)
         self.stats = MapperStats()
+        self.voting = self._make_voting()
         log.info(
             "mapper: device %s, voxel %.3f m, semantics %s, segmenter %s",
-            self.map.device, self.map.voxel_size_m, self.config.semantics.method,
+            self.map.device, self.map.voxel_size_m, self.semantics_method,
             type(segmenter).__name__ if segmenter else "none (frames bring their own)",
         )
+
+    def _make_voting(self):
+        """The soft voting of semantics.method 'voting', or None ('bayesian', or weights unusable: fallback)."""
+        method = self.config.semantics.method
+        if method not in SEMANTIC_METHODS:
+            raise ValueError(f"semantics.method must be one of {SEMANTIC_METHODS}, got {method!r}")
+        if method != "voting":
+            return None
+        from semantic_mapping.semantics.voting import CheckpointError
+        from semantic_mapping.semantics.voting_fusion import SoftVoting
+
+        try:
+            voting, meta = SoftVoting.from_config(self.config.voting, self.config.semantics, self.label_space.num_classes)
+        except CheckpointError as exc:
+            log.error("semantics: %s; falling back to Bayesian fusion (semantics.method 'bayesian')", exc)
+            return None
+        if not meta.get("learned", True):
+            log.info("semantics: soft voting with equal view weights (voting.learned false)")
+            return voting
+        log.info("semantics: learned soft voting, weights %s (%s votes, trained on seeds %s, validation "
+                 "rendered accuracy %.3f vs %.3f uniform)", self.config.voting.weights or "shipped",
+                 meta.get("vote_space", "?"), meta.get("train_seeds", "?"),
+                 meta.get("val_learned", {}).get("pixel_accuracy", float("nan")),
+                 meta.get("val_uniform", {}).get("pixel_accuracy", float("nan")))
+        return voting
+
+    @property
+    def semantics_method(self) -> str:
+        """The semantic fusion in use: 'voting' only when its weights loaded."""
+        return "voting" if self.voting is not None else "bayesian"
 
     @property
     def voxel_size_m(self) -> float:
@@ -178,6 +211,10 @@ class Mapper:
                 return self._reject(frame, FrameRejected("semantics_invalid", str(exc)))
         self.stats.pixels_cleaned.update(cleaned)
         self.map.integrate(clean.depth_m, clean.rgb, clean.intrinsics, clean.T_world_cam, semantics)
+        if self.voting is not None:
+            if semantics is not None:
+                self.voting.observe(self.map, clean)
+            self.voting.update(self.map)
         seconds = time.perf_counter() - start
         self.stats.frames_integrated += 1
         self.stats.integrate_seconds_total += seconds
@@ -207,6 +244,8 @@ class Mapper:
         """Empty the map and the counters."""
         self.map.reset()
         self.stats = MapperStats()
+        if self.voting is not None:
+            self.voting.reset()
 
     def save(self, path: os.PathLike) -> None:
         """Write the map to one file atomically."""
@@ -225,3 +264,5 @@ class Mapper:
             raise ValueError(f"{path}: voxel size {meta['voxel_size_m']} m differs from this mapper's {self.voxel_size_m} m")
         self.map.load_state_arrays(arrays)
         self.stats = MapperStats(last_stamp_ns=meta.get("last_stamp_ns"))
+        if self.voting is not None:
+            self.voting.reset()  # keyframes and queued voxels belonged to the map replaced

@@ -290,3 +290,11 @@ def test_library_never_imports_rclpy():
         "assert 'rclpy' not in sys.modules, 'rclpy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    from semantic_mapping.atomic_files import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    (tmp_path / "b.bin").write_bytes(b"x")
+    assert (tmp_path / "a.bin").stat().st_mode == (tmp_path / "b.bin").stat().st_mode

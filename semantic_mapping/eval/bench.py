@@ -26,6 +26,8 @@ VOXEL_SIZE_M = 0.04
 NODE_FRAMES = 100
 """Frames the node benchmark streams at 10 Hz (640x480)."""
 NODE_QUICK_FRAMES = 30
+STAGES = ("fusion", "voting", "node")
+"""Parts of the suite, in the order they run (`semantic-mapping bench --only`)."""
 
 
 @dataclass
@@ -144,12 +146,27 @@ def _peak_memory(seed: int, num_frames: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def collect_figures(quick: bool = False, progress: bool = True) -> list:
-    """Run the suite and return its figures."""
+def collect_figures(quick: bool = False, progress: bool = True, only: tuple = STAGES) -> list:
+    """Run the suite (the stages in `only`) and return its figures."""
+    from semantic_mapping.eval.voting_bench import voting_figures
     from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
 
     seeds = list(BENCHMARK_SEEDS[:1] if quick else BENCHMARK_SEEDS)
     num_frames = QUICK_FRAMES if quick else SUITE_FRAMES
+    figures = []
+    if "fusion" in only:
+        figures += _fusion_figures(seeds, num_frames, progress)
+    if "voting" in only:
+        figures += voting_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
+    if "node" in only:
+        figures += node_figures(quick)
+    for f in figures:
+        f.detail.setdefault("frames_per_scene", num_frames)
+    return figures
+
+
+def _fusion_figures(seeds: list, num_frames: int, progress: bool) -> list:
+    """sim.* and fusion.* figures: our map against Open3D's reference on the same frames."""
     scenes = [_map_scene(seed, num_frames, progress) for seed in seeds]
 
     def mean(key):
@@ -181,16 +198,13 @@ def collect_figures(quick: bool = False, progress: bool = True) -> list:
         Figure("fusion.peak_mem_mb", memory["peak_mb"], "MB", seeds[:1],
                {"baseline_after_imports_mb": memory["baseline_mb"], "frames": num_frames, "voxels": memory["voxels"]}),
     ]
-    for f in figures:
-        f.detail.setdefault("frames_per_scene", num_frames)
     figures[0].detail["scenes"] = {s["seed"]: s for s in scenes}
-    figures += node_figures(quick)
     return figures
 
 
 def node_figures(quick: bool = False) -> list:
-    """The ROS node's figures (node.drop_rate, node.latency_ms_p50/p95) from semantic_mapping.ros.node_bench,
-    which runs the node and its driver as ROS subprocesses (this process never imports rclpy); [] with
+    """The ROS node's figures (node.drop_rate, node.latency_ms_p50/p95), with soft voting on as the
+    launch file runs it, from semantic_mapping.ros.node_bench, which runs the node and its driver as ROS subprocesses (this process never imports rclpy); [] with
     one printed line saying why when the ROS 2 environment is not built or the run failed."""
     from semantic_mapping.ros import node_bench, proc
 
@@ -200,7 +214,7 @@ def node_figures(quick: bool = False) -> list:
         return []
     try:
         result = node_bench.run_node_benchmark(num_frames=NODE_QUICK_FRAMES if quick else NODE_FRAMES,
-                                               voxel_size_m=VOXEL_SIZE_M)
+                                               voxel_size_m=VOXEL_SIZE_M, params=node_bench.LIVE_VOTING)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         print(f"node figures skipped: the node benchmark failed: {str(exc).splitlines()[0] if str(exc) else exc!r}")
         return []
@@ -208,6 +222,8 @@ def node_figures(quick: bool = False) -> list:
 
 
 def format_table(figures: list) -> str:
+    from semantic_mapping.eval.voting_bench import ablation_table
+
     lines = [f"{'figure':34s} {'value':>12s}  unit      reference / detail", "-" * 90]
     for f in figures:
         ref = ""
@@ -221,15 +237,25 @@ def format_table(figures: list) -> str:
             d = f.detail
             ref = (f"{d['integrated']} of {d['frames']} frames integrated at {d['rate_hz']:g} Hz, {d['width_px']} px, "
                    f"{'reliable' if d['reliable_inputs'] else 'best-effort'} inputs")
+        elif f.name == "voting.gain_vs_bayesian":
+            ref = f"voting {f.detail['voting_miou_3d']:.4f} vs Bayesian {f.detail['bayesian_miou_3d']:.4f} 3D mIoU"
+        elif f.name == "voting.gain_vs_bayesian_hard_noise":
+            ref = (f"voting {f.detail['voting_miou_3d']:.4f} vs Bayesian {f.detail['bayesian_miou_3d']:.4f} "
+                   f"at 2D input mIoU {f.detail['input_miou_2d']:.3f}")
+        elif f.name == "voting.voxels_per_s":
+            ref = f"{f.detail['voxels_per_keyframe']:.0f} voxels per keyframe, CPU"
         lines.append(f"{f.name:34s} {f.value:12.4f}  {f.unit:8s}  {ref}")
+    ablation = ablation_table(figures)
+    if ablation:
+        lines += ["", "soft voting ablation (GNeSF Table 4 directions), 3D mIoU on the same frames:", ablation]
     return "\n".join(lines)
 
 
-def run_benchmark(json_path: Optional[str] = None, quick: bool = False) -> int:
+def run_benchmark(json_path: Optional[str] = None, quick: bool = False, only: tuple = STAGES) -> int:
     from semantic_mapping.io.exports import write_json
 
     start = time.perf_counter()
-    figures = collect_figures(quick=quick)
+    figures = collect_figures(quick=quick, only=only)
     print(format_table(figures))
     print(f"\n{'quick smoke run, not for reporting; ' if quick else ''}total {time.perf_counter() - start:.0f} s")
     if json_path:

@@ -198,14 +198,31 @@ class VoxelMap:
             return 0
         rows = np.flatnonzero(valid)[found]
         voxels, summed = aggregate_by_voxel(flat[found], semantics.probs[rows])
+        self._multiply_distributions(voxels, summed, 1.0)
+        return int(len(voxels))
+
+    def fuse_distributions(
+        self,
+        voxel_indices: np.ndarray,  # [P, 3] int64 distinct voxel indices
+        probs: np.ndarray,  # [P, C] float32 class distributions (e.g. soft votes)
+        weight: float,
+    ) -> int:
+        """Multiply the distributions of allocated voxels by probs^weight (floored as every
+        observation is); returns how many voxels were updated."""
+        flat, found = self.lookup(voxel_indices)
+        if found.any():
+            self._multiply_distributions(flat[found], np.asarray(probs, np.float32)[found], weight)
+        return int(found.sum())
+
+    def _multiply_distributions(self, voxels: np.ndarray, probs: np.ndarray, weight: float) -> None:
+        """One observation [U, C] of weight `weight` for each distinct flat voxel [U] (`bayesian_update`)."""
         cfg = self.semantics_config
         sem = self._flat("semantic")
         index = torch.from_numpy(voxels).to(sem.device)
-        updated = bayesian_update(sem[index].cpu().numpy(), summed, cfg.probability_floor, cfg.min_log_prob)
+        updated = bayesian_update(sem[index].cpu().numpy(), probs, cfg.probability_floor, cfg.min_log_prob, weight)
         sem[index] = torch.from_numpy(updated).to(sem.device)
         count = self._flat("semantic_count")
         count[index] = (count[index].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
-        return int(len(voxels))
 
     def _pixel_rays(self, intrinsics: CameraIntrinsics, pixel_index: np.ndarray, width_px: int) -> np.ndarray:
         """Camera rays [P, 3] (z = 1) through flat pixel indices, cached per camera and pixel set."""

@@ -498,6 +498,8 @@ class MappingNode(Node):
         with self._mapper_lock:
             msg.frames_integrated = self.mapper.stats.frames_integrated
             msg.voxel_count = int(self.mapper.map.num_voxels)
+            voting = self.mapper.voting
+            msg.keyframe_count = len(voting.buffer) if voting is not None else 0
         msg.header = Header(stamp=conv.ns_to_stamp(self._stamp_ns()), frame_id=self.params.node.map_frame)
         msg.drop_reasons = sorted(drops)
         msg.drop_counts = [int(drops[k]) for k in msg.drop_reasons]
@@ -525,7 +527,15 @@ class MappingNode(Node):
             "memory_mb": f"{msg.memory_mb:.0f}",
             "voxel_count": msg.voxel_count,
             "dropped_total": dropped,
+            "keyframe_count": msg.keyframe_count,
         }
+        with self._mapper_lock:
+            values["semantics_method"] = self.mapper.semantics_method
+            voting = self.mapper.voting
+            if voting is not None:
+                values.update({"voting.voxels_voted": voting.stats.voxels_voted, "voting.pending_voxels": voting.pending,
+                               "voting.pending_dropped": voting.stats.pending_dropped,
+                               "voting.voxels_per_s": f"{voting.stats.voxels_per_s:.0f}"})
         with self._lock:
             for role, rate in self._rates.items():
                 if role not in ("assembled", "integrated"):

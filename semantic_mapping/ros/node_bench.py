@@ -22,6 +22,8 @@ from typing import Optional
 
 from semantic_mapping.ros import proc
 
+LIVE_VOTING = {"semantics.method": "voting", "voting.max_voxels_per_frame": 400}
+"""Soft voting as launch/mapping.launch.py runs it (its voting_voxels_per_frame default)."""
 BENCH_SEED = 1001
 """First held-out benchmark scene (sim.sequence.BENCHMARK_SEEDS)."""
 
@@ -36,18 +38,21 @@ def run_node_benchmark(
     timeout_s: float = 900.0,
     transports: Optional[str] = None,
     reliable: bool = True,
+    params: Optional[dict] = None,
 ) -> dict:
     """Run the 10 Hz replay against the node in subprocesses; returns the figures and details.
 
     {"node.drop_rate": fraction, "node.latency_ms_p50": ms, "node.latency_ms_p95": ms, "detail": {...}}.
-    Raises RuntimeError when ROS is not built (scripts/build_ros.sh) or a process fails.
+    `params` are extra node parameters {dotted name: value} (e.g. semantics.method). Raises
+    RuntimeError when ROS is not built (scripts/build_ros.sh) or a process fails.
     """
     if not proc.ros_available():
         raise RuntimeError("the node benchmark needs the colcon build: run scripts/build_ros.sh")
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="sm_node_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     domain = 10 + (os.getpid() * 13) % 90
-    params = {"fusion.voxel_size_m": voxel_size_m, "fusion.device": "cpu"}
+    extra_params = dict(params or {})
+    params = {"fusion.voxel_size_m": voxel_size_m, "fusion.device": "cpu", **extra_params}
     # Best-effort 640x480 images over Fast DDS's default transports lose samples on a loaded 2-core
     # machine before the node sees them; `reliable=True` measures the node itself (replayed input).
     env = {"FASTDDS_BUILTIN_TRANSPORTS": transports} if transports else {}
@@ -76,7 +81,7 @@ def run_node_benchmark(
             "seed": seed, "frames": r["published"], "integrated": r["integrated"], "width_px": width_px,
             "rate_hz": rate_hz, "voxel_size_m": voxel_size_m, "drops": r["drops"], "memory_mb": r["memory_mb"],
             "node_alive_at_end": node_alive, "work_dir": str(work), "fastdds_transports": transports or "default",
-            "reliable_inputs": bool(reliable),
+            "reliable_inputs": bool(reliable), "params": extra_params,
         },
     }
 
@@ -97,11 +102,21 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--transports", default="", help="FASTDDS_BUILTIN_TRANSPORTS for both processes (default: Fast DDS's)")
     parser.add_argument("--best-effort", action="store_true", help="sensor-data QoS inputs (the node's default) instead of reliable")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra node parameter, e.g. semantics.method=voting (repeatable; values as YAML)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    import yaml
+
+    params = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--param {item!r}: expected NAME=VALUE")
+        params[name] = yaml.safe_load(value)
     t0 = time.monotonic()
     result = run_node_benchmark(args.seed, args.frames, args.width, args.rate, transports=args.transports or None,
-                                reliable=not args.best_effort)
+                                reliable=not args.best_effort, params=params)
     print(f"node at {args.rate:g} Hz, {args.width} px, {args.frames} frames: drop rate "
           f"{100 * result['node.drop_rate']:.1f} %, latency image stamp -> map update "
           f"median {result['node.latency_ms_p50']:.0f} ms, p95 {result['node.latency_ms_p95']:.0f} ms "

@@ -74,12 +74,13 @@ def bayesian_update(
     summed_probs: np.ndarray,  # [U, C] this frame's class probabilities per voxel (any positive scale)
     probability_floor: float,
     min_log_prob: float,
+    weight: float = 1.0,
 ) -> np.ndarray:  # [U, C] int16
-    """Multiply each voxel's class distribution by one observation: its pixels' mean probabilities,
-    each raised to at least `probability_floor` and renormalised."""
+    """Multiply each voxel's class distribution by one observation p^weight: p its pixels' mean
+    probabilities, each raised to at least `probability_floor` and renormalised."""
     total = summed_probs.sum(axis=1, keepdims=True)
     p = np.maximum(summed_probs, np.float32(probability_floor) * total)
-    log_p = stored.astype(np.float32) * np.float32(1.0 / LOG_PROB_SCALE) + np.log(p / p.sum(axis=1, keepdims=True))
+    log_p = stored.astype(np.float32) * np.float32(1.0 / LOG_PROB_SCALE) + np.float32(weight) * np.log(p / p.sum(axis=1, keepdims=True))
     log_p -= log_p.max(axis=1, keepdims=True)
     np.maximum(log_p, np.float32(min_log_prob), out=log_p)
     return np.rint(log_p * np.float32(LOG_PROB_SCALE)).astype(np.int16)

@@ -22,36 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semantic_mapping.config import ConfigError, SemanticFusionConfig
+from semantic_mapping.config import ConfigError, KeyframeConfig, SemanticFusionConfig
 from semantic_mapping.geometry import backproject_depth, invert_pose, project_points, transform_points
 from semantic_mapping.semantics.bayesian import PixelSemantics
 from semantic_mapping.types import CameraIntrinsics, Frame
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 """Image encoder: rgb [B, 3, h, w] float in [0, 1] -> features [B, d, h, w]."""
-
-
-@dataclass
-class KeyframeConfig:
-    """Keyframe selection, storage and multi-view sampling for soft voting."""
-
-    max_keyframes: int = 32
-    """Keyframes kept at most; adding one more evicts the most redundant (see `KeyframeBuffer`)."""
-    min_translation_m: float = 0.15
-    """A frame whose camera moved at least this far from the newest keyframe becomes a keyframe."""
-    min_rotation_deg: float = 10.0
-    """A frame whose camera turned at least this much from the newest keyframe becomes a keyframe."""
-    max_overlap: float = 0.8
-    """A frame whose view overlap with the newest keyframe (fraction of its depth grid the keyframe
-    sees) is below this becomes a keyframe, however little it moved."""
-    overlap_grid_stride_px: int = 16
-    """Stride, in full-resolution pixels, of the depth grid reprojected to estimate overlap."""
-    overlap_depth_tolerance_m: float = 0.1
-    """A reprojected grid point further than this behind the keyframe's depth is occluded there (no overlap)."""
-    downsample: int = 4
-    """Stored images are this many times smaller along each axis (640x480 -> 160x120 for 4)."""
-    views_per_voxel: int = 8
-    """Keyframes sampled per point (N); the nearest camera centres among those that see the point."""
 
 
 @dataclass

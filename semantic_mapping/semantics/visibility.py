@@ -68,19 +68,20 @@ def visible_pairs(
 ) -> torch.Tensor:  # [K] bool
     """Whether point k is visible from camera centre k, judged on the fused TSDF.
 
-    The segment camera -> point is sampled every `step_m` (default half a voxel) from the camera
+    The segment camera -> point is sampled every `step_m` (default one voxel) from the camera
     centre up to `stop_short_m` (default 1.5 voxels) before the point, which itself lies on a surface.
-    The view is occluded iff some sample is observed (valid, see `sample_tsdf`) with SDF below
-    -`occluder_sdf_m` (default half a voxel): the ray went through another surface first. Unknown
-    samples (unallocated or unobserved voxels) are not occluders, so rays through unmapped space count
-    as visible. Points nearer to the camera than `stop_short_m` are visible.
+    The view is occluded iff the voxel holding some sample is observed (weight > 0) with SDF below
+    -`occluder_sdf_m` (default half a voxel): the ray went through another surface first. Behind
+    an observed surface the SDF stays below that for at least a voxel (up to the truncation), so a
+    one-voxel step does not step over it. Unknown voxels (unallocated or unobserved) are not
+    occluders, so rays through unmapped space count as visible. Points nearer to the camera than
+    `stop_short_m` are visible.
 
-    Cost: about sum(distance) / step_m trilinear TSDF samples over the K pairs, processed in
-    chunks of at most `max_samples` samples (~0.4 KB each at peak); each chunk hash-looks-up the 8
-    corners of every distinct cell it touches (rays of a chunk share most cells).
+    Cost: about sum(distance) / step_m voxel lookups over the K pairs, processed in chunks of at
+    most `max_samples` samples.
     """
     vs = vmap.voxel_size_m
-    step_m = 0.5 * vs if step_m is None else float(step_m)
+    step_m = vs if step_m is None else float(step_m)
     stop_short_m = 1.5 * vs if stop_short_m is None else float(stop_short_m)
     occluder_sdf_m = 0.5 * vs if occluder_sdf_m is None else float(occluder_sdf_m)
     points = torch.as_tensor(points_m, dtype=torch.float64).reshape(-1, 3)
@@ -93,6 +94,7 @@ def visible_pairs(
     count = torch.where(length > stop_short_m, torch.floor((length - stop_short_m) / step_m) + 1, 0.0).long()  # [K]
     direction = ray / length.clamp_min(1e-9)[:, None]  # [K, 3]
     occluded = torch.zeros(K, dtype=torch.bool)
+    tsdf, weight = vmap._flat("tsdf"), vmap._flat("weight")
     end = torch.cumsum(count, 0)  # [K] samples up to and including each pair
     start_pair = 0
     while start_pair < K:
@@ -103,7 +105,11 @@ def visible_pairs(
         sample_pair = torch.repeat_interleave(pair, n)  # [S]
         j = torch.arange(len(sample_pair)) - torch.repeat_interleave(end[pair] - n - offset, n)  # [S] step along its ray
         x = origin[sample_pair] + direction[sample_pair] * (j * step_m)[:, None]  # [S, 3]
-        sdf, valid = sample_tsdf(vmap, x)
-        occluded[sample_pair[valid & (sdf < -occluder_sdf_m)]] = True
+        flat, found = vmap.lookup(torch.floor(x / vs + 0.5).long().numpy())  # the voxel holding each sample
+        index = torch.from_numpy(flat[found]).to(tsdf.device)
+        hit = torch.zeros(len(x), dtype=torch.bool)
+        hit[torch.from_numpy(found)] = ((weight[index, 0].to(torch.int32) > 0)
+                                        & (tsdf[index, 0].float() * vmap.sdf_trunc_m < -occluder_sdf_m)).cpu()
+        occluded[sample_pair[hit]] = True
         start_pair = stop_pair
     return ~occluded

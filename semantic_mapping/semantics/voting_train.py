@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from semantic_mapping.semantics.voting import VotingNet, sample_maps, view_cues
-from semantic_mapping.semantics.voting_data import PointViews, SceneData
+from semantic_mapping.semantics.voting_data import PointViews, SceneData, TrainingDataConfig
 
 _LOG_EPS = 1e-6
 
@@ -129,3 +129,67 @@ def plot_history(history: History, path, title: str = "soft voting training") ->
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def parse_seeds(text: str) -> list:
+    """'20-31,40' -> [20, ..., 31, 40]."""
+    seeds = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        seeds += list(range(int(lo), int(hi or lo) + 1))
+    return seeds
+
+
+def run_training(out_path, train_seeds: list, val_seeds: list, data: TrainingDataConfig, config: TrainConfig,
+                 vote_space: str = "probabilities", voxel_size_m: float = 0.04) -> dict:
+    """Prepare the scenes, train, and write the checkpoint (`out_path`), its loss plot (.png) and its
+    history (.json) next to it. Returns the checkpoint's meta (config, seeds, validation figures)."""
+    import dataclasses
+    import sys
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from semantic_mapping.atomic_files import atomic_write_text
+    from semantic_mapping.config import FusionConfig, KeyframeConfig, MapperConfig, config_to_dict
+    from semantic_mapping.semantics.label_space import default_label_space
+    from semantic_mapping.semantics.voting import save_checkpoint
+    from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
+    from semantic_mapping.semantics.voting_data import prepare_scene
+
+    held_out = sorted(set(train_seeds + val_seeds) & set(BENCHMARK_SEEDS))
+    if held_out:
+        raise ValueError(f"seeds {held_out} are benchmark seeds, held out from training; use development seeds (0-999)")
+    out_path = Path(out_path)
+    start = time.perf_counter()
+    mapper_config = MapperConfig(fusion=FusionConfig(voxel_size_m=voxel_size_m, device="cpu"))
+    keyframes = KeyframeConfig()
+    scenes, val_scenes = [], []
+    for seed in tqdm(train_seeds + val_seeds, desc="preparing scenes", unit="scene", file=sys.stderr):
+        (val_scenes if seed in val_seeds else scenes).append(prepare_scene(seed, mapper_config, keyframes, data))
+    prepare_s = time.perf_counter() - start
+    torch.manual_seed(config.seed)
+    net = VotingNet(default_label_space().num_classes, vote_space=vote_space)
+    uniform_ce, uniform_acc = evaluate(net, val_scenes, uniform=True)
+    with tqdm(total=config.steps, desc="training", unit="step", file=sys.stderr) as bar:
+        def progress(step, loss):
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        history = train(net, scenes, val_scenes, config, progress)
+    meta = {
+        "vote_space": vote_space, "voxel_size_m": voxel_size_m, "train_seeds": train_seeds, "val_seeds": val_seeds,
+        "data": dataclasses.asdict(data), "train": dataclasses.asdict(config), "keyframes": config_to_dict(keyframes),
+        "segmenter": "simulated, default SegmenterSimConfig",
+        "val_uniform": {"cross_entropy": uniform_ce, "pixel_accuracy": uniform_acc},
+        "val_learned": {"cross_entropy": history.val_loss[-1], "pixel_accuracy": history.val_accuracy[-1]},
+        "prepare_s": prepare_s, "train_s": time.perf_counter() - start - prepare_s,
+        "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+    }
+    save_checkpoint(out_path, net, meta)
+    plot_history(history, out_path.with_suffix(".png"), title=f"soft voting training ({vote_space})")
+    import json
+
+    atomic_write_text(out_path.with_suffix(".json"), json.dumps({"meta": meta, "history": dataclasses.asdict(history)}, indent=1))
+    return meta

@@ -1,0 +1,148 @@
+"""Online soft voting in the map (semantics.method = 'voting').
+
+Every new keyframe queues the voxels its depth lands in. Queued voxels are voted in batches: the
+`views_per_voxel` nearest keyframes that see a voxel (SDF visibility test on the fused TSDF)
+give their sampled features and class probabilities, the network weighs them (GNeSF Eq. 3-4),
+and the vote s(x) multiplies the voxel's persistent class distribution like an observation of
+weight `vote_weight` (floored like every observation). Views that leave the keyframe buffer are
+thereby never forgotten: their votes stay in the distribution. The per-frame Bayesian update of
+the pixels goes on underneath, so voxels no keyframe has voted yet keep a distribution.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from semantic_mapping.config import ConfigError, SemanticFusionConfig, VotingConfig
+from semantic_mapping.fusion.voxel_map import VoxelMap
+from semantic_mapping.geometry import backproject_depth, transform_points
+from semantic_mapping.semantics.keyframes import KeyframeBuffer
+from semantic_mapping.semantics.voting import VotingNet, load_checkpoint
+from semantic_mapping.semantics.voting_data import point_views
+from semantic_mapping.semantics.voting_train import vote
+from semantic_mapping.types import Frame
+
+log = logging.getLogger(__name__)
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "voting.pt"
+"""Weights produced by `semantic-mapping train-voting` with its defaults, shipped in the package."""
+
+_KEY_OFFSET = 1 << 20
+_KEY_SCALE = np.array([1 << 42, 1 << 21, 1], np.int64)
+
+
+def _voxel_keys(voxel_indices: np.ndarray) -> np.ndarray:  # [P] int64, |index| < 2^20 per axis
+    return (voxel_indices.astype(np.int64) + _KEY_OFFSET) @ _KEY_SCALE
+
+
+@dataclass
+class VotingStats:
+    """Counters since the last reset."""
+
+    keyframes: int = 0
+    frames_refused: int = 0
+    voxels_voted: int = 0
+    voxels_without_view: int = 0
+    pending_dropped: int = 0
+    vote_seconds: float = 0.0
+
+    @property
+    def voxels_per_s(self) -> float:
+        return self.voxels_voted / self.vote_seconds if self.vote_seconds > 0 else 0.0
+
+
+class SoftVoting:
+    """Keyframe buffer, pending voxels and the voting network of one map."""
+
+    def __init__(self, net: VotingNet, config: VotingConfig, semantics: SemanticFusionConfig, device: str = "cpu",
+                 uniform: bool = False):
+        if config.batch_voxels < 1 or config.max_pending_voxels < 1 or config.max_voxels_per_frame < 0:
+            raise ConfigError("voting: batch_voxels and max_pending_voxels must be >= 1, max_voxels_per_frame >= 0")
+        if not config.vote_weight > 0:
+            raise ConfigError(f"voting.vote_weight must be > 0, got {config.vote_weight}")
+        self.net = net.to(device).eval()
+        self.config = config
+        self.semantics = semantics
+        self.device = device
+        self.uniform = uniform
+        self.reset()
+
+    @classmethod
+    def from_config(cls, config: VotingConfig, semantics: SemanticFusionConfig, num_classes: int,
+                    device: str = "cpu") -> tuple["SoftVoting", dict]:
+        """(voting, checkpoint meta) with the configured or shipped weights; raises CheckpointError."""
+        if not config.learned:
+            return cls(VotingNet(num_classes), config, semantics, device, uniform=True), {"learned": False}
+        net, meta = load_checkpoint(config.weights or SHIPPED_WEIGHTS, num_classes)
+        return cls(net, config, semantics, device), meta
+
+    def reset(self) -> None:
+        """Forget the keyframes, the queue and the counters (the map keeps its votes)."""
+        encoder = None if self.uniform else self.net.encoder
+        self.buffer = KeyframeBuffer(self.config.keyframes, self.net.num_classes, encoder,
+                                     semantics=self.semantics, device=self.device)
+        self._pending = np.zeros((0, 3), np.int64)  # [Q, 3] voxel indices, oldest first
+        self.stats = VotingStats()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def observe(self, vmap: VoxelMap, frame: Frame) -> bool:
+        """Offer an integrated frame (with semantics) to the keyframe buffer; a new keyframe queues
+        the voxels its depth lands in. True if it became a keyframe."""
+        try:
+            if not self.buffer.consider(frame):
+                return False
+        except ValueError as exc:  # e.g. a frame of another size than the buffer's keyframes
+            self.stats.frames_refused += 1
+            log.warning("soft voting: frame at %s ns not used as a keyframe: %s", frame.stamp_ns, exc)
+            return False
+        self.stats.keyframes += 1
+        kf = self.buffer.keyframes[-1]
+        depth = kf.depth_small.cpu().numpy()  # [h, w]
+        points = transform_points(kf.T_world_cam, backproject_depth(depth, kf.intrinsics.K)[depth > 0].astype(np.float64))
+        voxels = np.unique(np.floor(points / vmap.voxel_size_m + 0.5).astype(np.int64), axis=0)  # [V, 3]
+        _, found = vmap.lookup(voxels)
+        voxels = voxels[found]
+        queued = np.isin(_voxel_keys(voxels), _voxel_keys(self._pending))
+        self._pending = np.concatenate([self._pending, voxels[~queued]])
+        excess = len(self._pending) - self.config.max_pending_voxels
+        if excess > 0:
+            self._pending = self._pending[excess:]
+            self.stats.pending_dropped += excess
+        return True
+
+    def update(self, vmap: VoxelMap) -> int:
+        """Vote queued voxels (at most `max_voxels_per_frame`, 0 = all) and fuse the votes; returns how many."""
+        limit = self.config.max_voxels_per_frame or len(self._pending)
+        todo, self._pending = self._pending[:limit], self._pending[limit:]
+        start = time.perf_counter()
+        for first in range(0, len(todo), self.config.batch_voxels):
+            voxels = todo[first:first + self.config.batch_voxels]
+            votes = self.vote(vmap, torch.from_numpy(voxels * vmap.voxel_size_m).float())  # [B, C]
+            has_vote = (votes.sum(1) > 0).numpy()
+            vmap.fuse_distributions(voxels[has_vote], votes.numpy()[has_vote], self.config.vote_weight)
+            self.stats.voxels_without_view += int((~has_vote).sum())
+        if len(todo):
+            self.stats.voxels_voted += len(todo)
+            self.stats.vote_seconds += time.perf_counter() - start
+        return len(todo)
+
+    def vote(self, vmap: VoxelMap, points_m: torch.Tensor) -> torch.Tensor:  # [P, C]
+        """s(x) at world points [P, 3] from the buffer's keyframes (zeros where no keyframe sees x)."""
+        if len(self.buffer) == 0:
+            return torch.zeros((len(points_m), self.net.num_classes))
+        views = point_views(vmap, self.buffer, points_m.to(self.device), self.config.keyframes.views_per_voxel,
+                            self.config.visibility)
+        kf = self.buffer.keyframes[0]
+        with torch.no_grad():
+            return vote(self.net, self.buffer.features, views, (kf.intrinsics.width_px, kf.intrinsics.height_px),
+                        self.uniform).cpu()
