@@ -204,7 +204,10 @@ class MappingNode(Node):
         self._worker.start()
         self.get_logger().info(
             f"ready: voxel {self.mapper.voxel_size_m:.3f} m on {self.mapper.map.device}, pose from "
-            f"{p.node.pose_source}, map frame '{p.node.map_frame}', queue {p.node.queue_size}"
+            f"{p.node.pose_source}, map frame '{p.node.map_frame}', queue {p.node.queue_size}, semantics "
+            f"{self.mapper.semantics_method}" + (f" (weights {p.mapper.voting.weights or 'shipped'}, at most "
+                                                 f"{p.mapper.voting.max_voxels_per_frame or 'all'} voxels voted per frame)"
+                                                 if self.mapper.voting is not None else "")
         )
 
     # ------------------------------------------------------------------ parameters
