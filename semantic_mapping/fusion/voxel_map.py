@@ -53,6 +53,12 @@ _WEIGHT_CAP_PERIOD = 256
 """Integrations between two weight caps; Open3D adds 1 per integration, so uint16 weights never wrap."""
 
 
+def pack_indices(indices: np.ndarray) -> np.ndarray:  # [N] int64
+    """One int64 key per integer index triple [N, 3] (21 bits per axis, |index| < 2^20), for
+    set operations and `unique` over voxels or cells."""
+    return (np.asarray(indices, dtype=np.int64) + (1 << 20)) @ np.array([1 << 42, 1 << 21, 1], np.int64)
+
+
 @dataclass
 class IntegrationStats:
     """What one `integrate` call touched."""
@@ -193,7 +199,7 @@ class VoxelMap:
         points_cam = self._pixel_rays(intrinsics, pixel, depth_m.shape[1])[valid] * d[valid, None]
         R_wc = T_world_cam[:3, :3].astype(np.float32)
         points_world = points_cam @ R_wc.T + T_world_cam[:3, 3].astype(np.float32)
-        flat, found = self.lookup(np.floor(points_world * (1.0 / self.voxel_size_m) + 0.5).astype(np.int64))
+        flat, found = self.lookup(self.voxel_indices(points_world))
         if not found.any():
             return 0
         rows = np.flatnonzero(valid)[found]
@@ -269,9 +275,8 @@ class VoxelMap:
     def _count_chunk_updates(self, block_coords: o3c.Tensor) -> None:
         blocks_per_chunk = self.chunk_shape_voxels // self.block_resolution
         chunks = np.floor_divide(block_coords.cpu().numpy().astype(np.int64), blocks_per_chunk)
-        keys = np.unique((chunks + (1 << 20)) @ np.array([1 << 42, 1 << 21, 1], np.int64))  # 21 bits per axis
-        for key in keys.tolist():
-            self.chunk_updates[((key >> 42) - (1 << 20), ((key >> 21) & 0x1FFFFF) - (1 << 20), (key & 0x1FFFFF) - (1 << 20))] += 1
+        for chunk in np.unique(chunks, axis=0).tolist():
+            self.chunk_updates[tuple(chunk)] += 1
 
     def read_chunk(self, chunk_index) -> dict:
         """Dense arrays of one chunk (SSR-2D subvolume), voxel order [x, y, z]; unobserved voxels have weight 0.
@@ -323,6 +328,10 @@ class VoxelMap:
         return out
 
     # ------------------------------------------------------------------ queries
+    def voxel_indices(self, points_m: np.ndarray) -> np.ndarray:  # [N, 3] int64
+        """Integer indices of the voxels holding world points [N, 3] (voxel i spans (i ± 0.5) x voxel size)."""
+        return np.floor(np.asarray(points_m) * (1.0 / self.voxel_size_m) + 0.5).astype(np.int64)
+
     def lookup(self, voxel_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat storage indices of integer voxel indices [N, 3].
 
@@ -420,7 +429,7 @@ class VoxelMap:
         # Semantics of the voxel holding the refined surface point (the voxel fusion labels), else of
         # the nearest observed corner of Open3D's cell.
         points_world = rays_world * depth[hit][:, None] + T_world_cam[:3, 3]
-        surface_flat, found = self.lookup(np.floor(points_world / self.voxel_size_m + 0.5).astype(np.int64))
+        surface_flat, found = self.lookup(self.voxel_indices(points_world))
         count = self._flat("semantic_count")
         surface_flat = torch.from_numpy(np.where(found, surface_flat, 0)).to(count.device)
         surface_observed = torch.from_numpy(found).to(count.device) & (count[surface_flat, 0] > 0)

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from semantic_mapping.fusion.voxel_map import VoxelMap
+from semantic_mapping.fusion.voxel_map import VoxelMap, pack_indices
 
 _CORNERS = torch.tensor([[i & 1, (i >> 1) & 1, i >> 2] for i in range(8)])  # [8, 3] cell corner offsets
 
@@ -27,7 +27,7 @@ def sample_tsdf(vmap: VoxelMap, points_m) -> tuple[torch.Tensor, torch.Tensor]:
     p = torch.as_tensor(points_m, dtype=torch.float64).reshape(-1, 3) / vmap.voxel_size_m  # [M, 3] voxel units
     base = torch.floor(p).long()  # [M, 3] lower corner of each point's cell
     frac = (p - base).float()  # [M, 3] position inside the cell
-    key = ((base + (1 << 20)) * torch.tensor([1 << 42, 1 << 21, 1])).sum(dim=1)  # [M] cell id (|index| < 2^20)
+    key = torch.from_numpy(pack_indices(base.numpy()))  # [M] cell id
     unique_keys, cell_of = torch.unique(key, return_inverse=True)  # cell_of [M] indexes U distinct cells
     cells = base.new_empty(len(unique_keys), 3)
     cells[cell_of] = base  # [U, 3]
@@ -105,7 +105,7 @@ def visible_pairs(
         sample_pair = torch.repeat_interleave(pair, n)  # [S]
         j = torch.arange(len(sample_pair)) - torch.repeat_interleave(end[pair] - n - offset, n)  # [S] step along its ray
         x = origin[sample_pair] + direction[sample_pair] * (j * step_m)[:, None]  # [S, 3]
-        flat, found = vmap.lookup(torch.floor(x / vs + 0.5).long().numpy())  # the voxel holding each sample
+        flat, found = vmap.lookup(vmap.voxel_indices(x.numpy()))  # the voxel holding each sample
         index = torch.from_numpy(flat[found]).to(tsdf.device)
         hit = torch.zeros(len(x), dtype=torch.bool)
         hit[torch.from_numpy(found)] = ((weight[index, 0].to(torch.int32) > 0)

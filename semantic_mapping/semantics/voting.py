@@ -12,6 +12,7 @@ GNeSF Table 4, the softmax of the weighted log-probabilities ("logits").
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,18 @@ class VotingNet(nn.Module):
         geo = self.geometry_mlp(geometry).unsqueeze(1).expand(-1, N, -1)  # [P, N, h]
         v = self.vote_mlp(torch.cat([view, geo, displacement_m, cues], -1)).squeeze(-1)  # [P, N]
         return v.masked_fill(~valid, -torch.inf)
+
+    def vote(self, views, features: Optional[torch.Tensor], image_wh: tuple, uniform: bool = False) -> torch.Tensor:
+        """s(x) [P, C] for the points of `views` (a `voting_data.PointViews`), with the keyframe
+        features sampled at their views [P, N, d]; `uniform` gives every valid view the same weight
+        (the non-learned soft vote; features are not used)."""
+        if uniform:
+            logits = torch.zeros(views.valid.shape).masked_fill(~views.valid, -torch.inf)
+        else:
+            cues = view_cues(views.probs, views.valid, views.displacement_m, views.pixel_uv, views.geometry[:, -3:],
+                             image_wh)
+            logits = self.vote_logits(features, views.valid, views.displacement_m, cues, views.geometry)
+        return self.combine(views.probs, logits)
 
     def combine(self, probs: torch.Tensor, vote_logits: torch.Tensor) -> torch.Tensor:
         """s(x) [P, C] from per-view probabilities [P, N, C] and vote logits [P, N] (rows without a

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -50,10 +51,12 @@ class PointViews:
     pixel_uv: torch.Tensor  # [P, N, 2] float32 keyframe pixels (stored resolution)
     displacement_m: torch.Tensor  # [P, N, 3] float32 x - o_i, world frame
     geometry: torch.Tensor  # [P, GEOMETRY_DIM] float32
+    features: Optional[torch.Tensor] = None  # [P, N, d] float32 sampled keyframe features (zeros where not valid), None without an encoder
 
     def select(self, rows: torch.Tensor) -> "PointViews":
         """The points `rows` (indices or a mask) only."""
-        return PointViews(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
+        return PointViews(*(None if (value := getattr(self, f.name)) is None else value[rows]
+                            for f in dataclasses.fields(self)))
 
 
 def point_views(
@@ -67,8 +70,10 @@ def point_views(
         centres = buffer.camera_centres_m[samples.view_index[p, s]]  # [M, 3]
         seen = visible_pairs(vmap, points_m[p], centres)  # [M]
         valid[p[~seen], s[~seen]] = False
-    return PointViews(samples.view_index.where(valid, -1), valid, samples.probs * valid.unsqueeze(-1),
-                      samples.pixel_uv, samples.displacement_m, geometry_encoding(vmap, points_m))
+    mask = valid.unsqueeze(-1)
+    return PointViews(samples.view_index.where(valid, -1), valid, samples.probs * mask, samples.pixel_uv,
+                      samples.displacement_m, geometry_encoding(vmap, points_m),
+                      None if samples.features is None else samples.features * mask)
 
 
 @dataclass

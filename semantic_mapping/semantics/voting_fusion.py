@@ -15,32 +15,22 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
 from semantic_mapping.config import ConfigError, SemanticFusionConfig, VotingConfig
-from semantic_mapping.fusion.voxel_map import VoxelMap
+from semantic_mapping.fusion.voxel_map import VoxelMap, pack_indices
 from semantic_mapping.geometry import backproject_depth, transform_points
 from semantic_mapping.semantics.keyframes import KeyframeBuffer
 from semantic_mapping.semantics.voting import VotingNet, load_checkpoint
 from semantic_mapping.semantics.voting_data import point_views
-from semantic_mapping.semantics.voting_train import vote
 from semantic_mapping.types import Frame
 
 log = logging.getLogger(__name__)
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "voting.pt"
 """Weights produced by `semantic-mapping train-voting` with its defaults, shipped in the package."""
-
-_KEY_OFFSET = 1 << 20
-_KEY_SCALE = np.array([1 << 42, 1 << 21, 1], np.int64)
-
-
-def _voxel_keys(voxel_indices: np.ndarray) -> np.ndarray:  # [P] int64, |index| < 2^20 per axis
-    return (voxel_indices.astype(np.int64) + _KEY_OFFSET) @ _KEY_SCALE
-
 
 @dataclass
 class VotingStats:
@@ -61,33 +51,31 @@ class VotingStats:
 class SoftVoting:
     """Keyframe buffer, pending voxels and the voting network of one map."""
 
-    def __init__(self, net: VotingNet, config: VotingConfig, semantics: SemanticFusionConfig, device: str = "cpu",
-                 uniform: bool = False):
+    def __init__(self, net: VotingNet, config: VotingConfig, semantics: SemanticFusionConfig, uniform: bool = False):
         if config.batch_voxels < 1 or config.max_pending_voxels < 1 or config.max_voxels_per_frame < 0:
             raise ConfigError("voting: batch_voxels and max_pending_voxels must be >= 1, max_voxels_per_frame >= 0")
         if not config.vote_weight > 0:
             raise ConfigError(f"voting.vote_weight must be > 0, got {config.vote_weight}")
-        self.net = net.to(device).eval()
+        self.net = net.eval()
         self.config = config
         self.semantics = semantics
-        self.device = device
         self.uniform = uniform
         self.reset()
 
     @classmethod
-    def from_config(cls, config: VotingConfig, semantics: SemanticFusionConfig, num_classes: int,
-                    device: str = "cpu") -> tuple["SoftVoting", dict]:
+    def from_config(cls, config: VotingConfig, semantics: SemanticFusionConfig,
+                    num_classes: int) -> tuple["SoftVoting", dict]:
         """(voting, checkpoint meta) with the configured or shipped weights; raises CheckpointError."""
         if not config.learned:
-            return cls(VotingNet(num_classes), config, semantics, device, uniform=True), {"learned": False}
+            return cls(VotingNet(num_classes), config, semantics, uniform=True), {"learned": False}
         net, meta = load_checkpoint(config.weights or SHIPPED_WEIGHTS, num_classes)
-        return cls(net, config, semantics, device), meta
+        return cls(net, config, semantics), meta
 
     def reset(self) -> None:
         """Forget the keyframes, the queue and the counters (the map keeps its votes)."""
         encoder = None if self.uniform else self.net.encoder
         self.buffer = KeyframeBuffer(self.config.keyframes, self.net.num_classes, encoder,
-                                     semantics=self.semantics, device=self.device)
+                                     semantics=self.semantics)
         self._pending = np.zeros((0, 3), np.int64)  # [Q, 3] voxel indices, oldest first
         self.stats = VotingStats()
 
@@ -109,10 +97,10 @@ class SoftVoting:
         kf = self.buffer.keyframes[-1]
         depth = kf.depth_small.cpu().numpy()  # [h, w]
         points = transform_points(kf.T_world_cam, backproject_depth(depth, kf.intrinsics.K)[depth > 0].astype(np.float64))
-        voxels = np.unique(np.floor(points / vmap.voxel_size_m + 0.5).astype(np.int64), axis=0)  # [V, 3]
+        voxels = np.unique(vmap.voxel_indices(points), axis=0)  # [V, 3]
         _, found = vmap.lookup(voxels)
         voxels = voxels[found]
-        queued = np.isin(_voxel_keys(voxels), _voxel_keys(self._pending))
+        queued = np.isin(pack_indices(voxels), pack_indices(self._pending))
         self._pending = np.concatenate([self._pending, voxels[~queued]])
         excess = len(self._pending) - self.config.max_pending_voxels
         if excess > 0:
@@ -140,9 +128,7 @@ class SoftVoting:
         """s(x) at world points [P, 3] from the buffer's keyframes (zeros where no keyframe sees x)."""
         if len(self.buffer) == 0:
             return torch.zeros((len(points_m), self.net.num_classes))
-        views = point_views(vmap, self.buffer, points_m.to(self.device), self.config.keyframes.views_per_voxel,
-                            self.config.visibility)
+        views = point_views(vmap, self.buffer, points_m, self.config.keyframes.views_per_voxel, self.config.visibility)
         kf = self.buffer.keyframes[0]
         with torch.no_grad():
-            return vote(self.net, self.buffer.features, views, (kf.intrinsics.width_px, kf.intrinsics.height_px),
-                        self.uniform).cpu()
+            return self.net.vote(views, views.features, (kf.intrinsics.width_px, kf.intrinsics.height_px), self.uniform)

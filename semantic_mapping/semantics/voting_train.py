@@ -7,28 +7,25 @@ minimises the cross-entropy against the rays' 2D labels.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from semantic_mapping.semantics.voting import VotingNet, sample_maps, view_cues
-from semantic_mapping.semantics.voting_data import PointViews, SceneData, TrainingDataConfig
+from semantic_mapping.atomic_files import atomic_write_text
+from semantic_mapping.config import FusionConfig, KeyframeConfig, MapperConfig, config_to_dict
+from semantic_mapping.semantics.label_space import default_label_space
+from semantic_mapping.semantics.voting import VotingNet, sample_maps, save_checkpoint
+from semantic_mapping.semantics.voting_data import SceneData, TrainingDataConfig, prepare_scene
+from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
 
 _LOG_EPS = 1e-6
-
-
-def vote(net: VotingNet, features: torch.Tensor, views: PointViews, image_wh: tuple, uniform: bool = False):
-    """s(x) [P, C] for points of `views`, with keyframe features [K, d, h, w]; `uniform` replaces
-    the learned weights by equal ones (the non-learned soft vote)."""
-    normal = views.geometry[:, -3:]
-    if uniform:
-        logits = torch.zeros(views.valid.shape).masked_fill(~views.valid, -torch.inf)
-    else:
-        sampled = sample_maps(features, views.view_index, views.pixel_uv)  # [P, N, d]
-        cues = view_cues(views.probs, views.valid, views.displacement_m, views.pixel_uv, normal, image_wh)
-        logits = net.vote_logits(sampled, views.valid, views.displacement_m, cues, views.geometry)
-    return net.combine(views.probs, logits)
 
 
 def render_rays(net: VotingNet, scene: SceneData, rays: torch.Tensor, uniform: bool = False) -> torch.Tensor:
@@ -36,8 +33,8 @@ def render_rays(net: VotingNet, scene: SceneData, rays: torch.Tensor, uniform: b
     S = scene.samples_per_ray
     rows = (rays[:, None] * S + torch.arange(S)).reshape(-1)  # [B * S]
     views = scene.views.select(rows)
-    features = None if uniform else net.encoder(scene.keyframe_rgb)  # [K, d, h, w]
-    s = vote(net, features, views, scene.image_wh, uniform)  # [B * S, C]
+    features = None if uniform else sample_maps(net.encoder(scene.keyframe_rgb), views.view_index, views.pixel_uv)  # [B * S, N, d]
+    s = net.vote(views, features, scene.image_wh, uniform)  # [B * S, C]
     return (scene.render_weight[rays].unsqueeze(-1) * s.reshape(len(rays), S, -1)).sum(1)
 
 
@@ -144,20 +141,6 @@ def run_training(out_path, train_seeds: list, val_seeds: list, data: TrainingDat
                  vote_space: str = "probabilities", voxel_size_m: float = 0.04) -> dict:
     """Prepare the scenes, train, and write the checkpoint (`out_path`), its loss plot (.png) and its
     history (.json) next to it. Returns the checkpoint's meta (config, seeds, validation figures)."""
-    import dataclasses
-    import sys
-    import time
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from semantic_mapping.atomic_files import atomic_write_text
-    from semantic_mapping.config import FusionConfig, KeyframeConfig, MapperConfig, config_to_dict
-    from semantic_mapping.semantics.label_space import default_label_space
-    from semantic_mapping.semantics.voting import save_checkpoint
-    from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
-    from semantic_mapping.semantics.voting_data import prepare_scene
-
     held_out = sorted(set(train_seeds + val_seeds) & set(BENCHMARK_SEEDS))
     if held_out:
         raise ValueError(f"seeds {held_out} are benchmark seeds, held out from training; use development seeds (0-999)")
@@ -189,7 +172,5 @@ def run_training(out_path, train_seeds: list, val_seeds: list, data: TrainingDat
     }
     save_checkpoint(out_path, net, meta)
     plot_history(history, out_path.with_suffix(".png"), title=f"soft voting training ({vote_space})")
-    import json
-
     atomic_write_text(out_path.with_suffix(".json"), json.dumps({"meta": meta, "history": dataclasses.asdict(history)}, indent=1))
     return meta
