@@ -30,6 +30,8 @@ setup(
         "rosbags>=0.10",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # gsplat rasterises the Gaussian renders on CUDA (it compiles its kernels on first use); the CPU
+    # renderer is ours and needs nothing more.
+    extras_require={"test": ["pytest>=7"], "cuda": ["gsplat>=1.4"]},
     entry_points={"console_scripts": ["semantic-mapping=semantic_mapping.cli:main"]},
 )

@@ -40,7 +40,8 @@ def write_map_outputs(mapper, out_dir: Path) -> dict:
 
 
 def render_comparison(mapper, frames: list, path: Path) -> None:
-    """Rows of: true rgb, map rgb, true labels, 2D input labels, map labels — at views not integrated."""
+    """Rows of: true rgb, map rgb, true labels, 2D input labels, map labels (raycast, Gaussian splats) — at
+    views not integrated."""
     import cv2
 
     from semantic_mapping.io.exports import write_png
@@ -57,6 +58,7 @@ def render_comparison(mapper, frames: list, path: Path) -> None:
         if noisy is not None:
             tiles.append((ls.colorize(noisy), "2D input labels"))
         tiles.append((ls.colorize(view.labels), "map labels (raycast)"))
+        tiles.append((ls.colorize(mapper.render_splats(frame.intrinsics, frame.T_world_cam).labels), "map labels (splats)"))
         rows.append([labelled(cv2.resize(img, (320, 240), interpolation=cv2.INTER_NEAREST), text) for img, text in tiles])
     write_png(path, grid_of(rows))
 
@@ -217,9 +219,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from semantic_mapping.eval.bench import run_benchmark
-
-    from semantic_mapping.eval.bench import STAGES
+    from semantic_mapping.eval.bench import STAGES, run_benchmark
 
     only = tuple(args.only) if args.only else STAGES
     return run_benchmark(json_path=args.json, quick=args.quick, only=only)
@@ -247,6 +247,44 @@ def cmd_train_voting(args) -> int:
     return 0
 
 
+def _parse_floats(text: str, count: int, what: str) -> list:
+    values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    if len(values) != count:
+        raise ValueError(f"{what} needs {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def cmd_render(args) -> int:
+    from semantic_mapping.geometry.pose import T_from_quat_xyzw, look_at
+    from semantic_mapping.geometry.projection import intrinsics_from_fov
+    from semantic_mapping.io.exports import write_png
+    from semantic_mapping.io.pictures import depth_image, grid_of, labelled
+    from semantic_mapping.pipeline import Mapper
+
+    if (args.pose is None) == (args.look_at is None):
+        raise ValueError("give exactly one of --pose x,y,z,qx,qy,qz,qw and --look-at ex,ey,ez,tx,ty,tz")
+    if args.pose is not None:
+        pose = _parse_floats(args.pose, 7, "--pose")
+        T_world_cam = T_from_quat_xyzw(pose[:3], pose[3:])
+    else:
+        eye_target = _parse_floats(args.look_at, 6, "--look-at")
+        T_world_cam = look_at(eye_target[:3], eye_target[3:])
+    intrinsics = intrinsics_from_fov(args.width, args.height, args.hfov_deg)
+    mapper = Mapper.from_file(args.map, _load_mapper_config(args))
+    t0 = time.perf_counter()
+    scene = mapper.gaussians()
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    view = scene.render(intrinsics, T_world_cam, ignore_id=mapper.label_space.ignore_id)
+    render_s = time.perf_counter() - t0
+    tiles = [labelled(view.rgb, "rgb"), labelled(mapper.label_space.colorize(view.labels), "semantic"),
+             labelled(depth_image(view.depth_m), "depth")]
+    path = write_png(Path(args.out), grid_of([tiles]))
+    print(f"wrote {path}: {len(scene)} Gaussians (built in {build_s:.2f} s), {args.width}x{args.height} rendered in "
+          f"{1000 * render_s:.0f} ms, {float((view.alpha >= mapper.config.splatting.min_alpha).mean()):.0%} of pixels covered")
+    return 0
+
+
 def _load_mapper_config(args):
     from semantic_mapping.config import load_config
 
@@ -259,6 +297,8 @@ def _load_mapper_config(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from semantic_mapping.eval.bench import STAGES
+
     parser = argparse.ArgumentParser(prog="semantic-mapping", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -302,9 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the fixed benchmark suite on held-out scenes and print one table")
     p.add_argument("--json", help="also write the figures as JSON records to this path")
     p.add_argument("--quick", action="store_true", help="fewer frames and scenes (smoke run, not for reporting)")
-    p.add_argument("--only", action="append", choices=("fusion", "voting", "node"),
+    p.add_argument("--only", action="append", choices=STAGES,
                    help="run only this part of the suite (repeatable; default: all)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("render", help="render a saved map as Gaussian splats from a camera pose: rgb, "
+                       "semantic labels and depth side by side in one PNG")
+    p.add_argument("map", help="map file (.npz) written by run, demo or the node's save_map")
+    p.add_argument("--pose", help="camera pose in the map frame: x,y,z,qx,qy,qz,qw (camera axes: x right, y down, "
+                   "z forward)")
+    p.add_argument("--look-at", help="camera at ex,ey,ez looking at tx,ty,tz (z up): ex,ey,ez,tx,ty,tz")
+    p.add_argument("--width", type=int, default=640, help="image width, pixels")
+    p.add_argument("--height", type=int, default=480, help="image height, pixels")
+    p.add_argument("--hfov-deg", type=float, default=62.7, help="horizontal field of view, degrees")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--config", help="mapping YAML (splatting section); default: the packaged config")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("train-voting", help="train the soft-voting network on simulated development scenes "
                        "(2D supervision only); writes the checkpoint, its loss plot and history")

@@ -141,6 +141,26 @@ class OutputConfig:
 
 
 @dataclass
+class SplattingConfig:
+    """Gaussian-splat renders of the map (RT-GS2): one flattened 3D Gaussian per observed surface voxel."""
+
+    backend: str = "auto"
+    """'auto' (gsplat when the map is on CUDA and gsplat imports, else ours), 'gsplat' or 'cpu'."""
+    tangent_scale_voxels: float = 0.6
+    """Standard deviation of a Gaussian along the surface, in voxels."""
+    normal_scale_voxels: float = 0.1
+    """Standard deviation of a Gaussian across the surface, in voxels (flattened along the normal)."""
+    opacity_weight: float = 2.0
+    """Opacity = max_opacity x (1 - exp(-weight / this)): a voxel seen more often is more opaque."""
+    max_opacity: float = 0.99
+    """Opacity of a voxel observed many times."""
+    near_plane_m: float = 0.05
+    """Gaussians nearer the camera than this are not drawn."""
+    min_alpha: float = 0.5
+    """Pixels whose accumulated opacity is below this get no label and no depth."""
+
+
+@dataclass
 class MapperConfig:
     """Everything the `Mapper` needs."""
 
@@ -149,6 +169,7 @@ class MapperConfig:
     inputs: InputConfig = field(default_factory=InputConfig)
     outputs: OutputConfig = field(default_factory=OutputConfig)
     voting: VotingConfig = field(default_factory=VotingConfig)
+    splatting: SplattingConfig = field(default_factory=SplattingConfig)
 
 
 # ----------------------------------------------------------------------------- simulation

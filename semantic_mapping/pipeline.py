@@ -6,7 +6,7 @@ import collections
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -17,6 +17,8 @@ from semantic_mapping.fusion.voxel_map import VoxelMap
 from semantic_mapping.geometry import is_rigid_transform
 from semantic_mapping.semantics.bayesian import PixelSemantics
 from semantic_mapping.semantics.label_space import LabelSpace, default_label_space
+from semantic_mapping.splatting.gaussians import GaussianScene
+from semantic_mapping.splatting.render import SplatRender
 from semantic_mapping.types import (
     CameraIntrinsics,
     Frame,
@@ -148,6 +150,7 @@ class Mapper:
         self.map = VoxelMap(self.config.fusion, self.label_space.num_classes, self.config.semantics)
         self.stats = MapperStats()
         self.voting = self._make_voting()
+        self._gaussians: Optional[GaussianScene] = None  # built on first use; follows the map's changed blocks
         log.info(
             "mapper: device %s, voxel %.3f m, semantics %s, segmenter %s",
             self.map.device, self.map.voxel_size_m, self.semantics_method,
@@ -237,7 +240,20 @@ class Mapper:
         return build_traversability(self.labelled_voxels(), self.label_space, self.config.outputs, self.voxel_size_m)
 
     def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> RenderedView:
+        """Raycast render of the TSDF surface (nearest voxel's label)."""
         return self.map.raycast(intrinsics, T_world_cam, self.label_space.ignore_id)
+
+    def gaussians(self) -> GaussianScene:
+        """The map as Gaussians (RT-GS2), brought up to date with the blocks changed since the last call."""
+        if self._gaussians is None:
+            self._gaussians = GaussianScene(self.label_space.num_classes, self.voxel_size_m, self.config.splatting,
+                                            device=self.map.device)
+        self._gaussians.update(self.map)
+        return self._gaussians
+
+    def render_splats(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> SplatRender:
+        """Gaussian-splat render: rgb, class probabilities, labels, depth and opacity in one pass."""
+        return self.gaussians().render(intrinsics, T_world_cam, ignore_id=self.label_space.ignore_id)
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
@@ -255,9 +271,21 @@ class Mapper:
             "last_stamp_ns": self.stats.last_stamp_ns,
         })
 
+    @classmethod
+    def from_file(cls, path: os.PathLike, config: Optional[MapperConfig] = None) -> "Mapper":
+        """A mapper holding a saved map, with the voxel size the map was saved with."""
+        meta, arrays = VoxelMap.read_file(path)
+        config = config or MapperConfig()
+        config = replace(config, fusion=replace(config.fusion, voxel_size_m=float(meta["voxel_size_m"])))
+        mapper = cls(config)
+        mapper._load(path, meta, arrays)
+        return mapper
+
     def load(self, path: os.PathLike) -> None:
         """Replace the map with a saved one; refuses files of another voxel size or label space."""
-        meta, arrays = VoxelMap.read_file(path)
+        self._load(path, *VoxelMap.read_file(path))
+
+    def _load(self, path: os.PathLike, meta: dict, arrays: dict) -> None:
         if list(meta.get("label_names", [])) != list(self.label_space.names):
             raise ValueError(f"{path}: saved with label space {meta.get('label_names')}, this mapper uses {list(self.label_space.names)}")
         if abs(float(meta["voxel_size_m"]) - self.voxel_size_m) > 1e-9:

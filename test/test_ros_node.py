@@ -63,7 +63,7 @@ def test_node_maps_a_streamed_scene_and_survives_malformed_input(tmp_path):
     assert alive, f"the node died:\n{node_log[-3000:]}"
     assert code == 0, f"node exit code {code}:\n{node_log[-3000:]}"
     r = json.loads(out.read_text())
-    print(json.dumps({k: r[k] for k in ("integrated", "drop_rate", "latency_ms_p50", "latency_ms_p95", "drops")}),
+    print(json.dumps({k: r[k] for k in ("integrated", "drop_rate", "latency_ms_p50", "latency_ms_p95", "drops", "render")}),
           f"wall {time.monotonic() - t0:.1f} s")
     context = json.dumps(r, indent=1)[:6000]
 
@@ -82,6 +82,12 @@ def test_node_maps_a_streamed_scene_and_survives_malformed_input(tmp_path):
     assert r["node_quality"]["miou_3d"] >= r["reference_quality"]["miou_3d"] - 0.05, context
     assert r["node_quality"]["macc_3d"] >= r["reference_quality"]["macc_3d"] - 0.06, context
     assert r["node_quality"]["surface_median_err_m"] < 0.02
+    # Gaussian-splat renders follow the camera, then serve a requested pose with its stamp
+    rendered = r["render"]
+    assert rendered["followed_camera"] and rendered["served_request"], context
+    assert rendered["width"] == 320 and rendered["height"] == 240 and rendered["encoding"] == "mono8"
+    assert rendered["camera_info_size"] == [320, 240]
+    assert rendered["coverage"] > 0.6 and rendered["agreement"] > 0.7, context
     # save -> reset -> load restores the map
     srl = r["save_reset_load"]
     assert r["save"]["success"] and srl["reset_ok"] and srl["load_ok"], context

@@ -26,7 +26,7 @@ VOXEL_SIZE_M = 0.04
 NODE_FRAMES = 100
 """Frames the node benchmark streams at 10 Hz (640x480)."""
 NODE_QUICK_FRAMES = 30
-STAGES = ("fusion", "voting", "node")
+STAGES = ("fusion", "voting", "render", "node")
 """Parts of the suite, in the order they run (`semantic-mapping bench --only`)."""
 
 
@@ -148,6 +148,7 @@ def _peak_memory(seed: int, num_frames: int) -> dict:
 
 def collect_figures(quick: bool = False, progress: bool = True, only: tuple = STAGES) -> list:
     """Run the suite (the stages in `only`) and return its figures."""
+    from semantic_mapping.eval.render_bench import render_figures
     from semantic_mapping.eval.voting_bench import voting_figures
     from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
 
@@ -158,6 +159,8 @@ def collect_figures(quick: bool = False, progress: bool = True, only: tuple = ST
         figures += _fusion_figures(seeds, num_frames, progress)
     if "voting" in only:
         figures += voting_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
+    if "render" in only:
+        figures += render_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
     if "node" in only:
         figures += node_figures(quick)
     for f in figures:
@@ -242,6 +245,17 @@ def format_table(figures: list) -> str:
         elif f.name == "voting.gain_vs_bayesian_hard_noise":
             ref = (f"voting {f.detail['voting_miou_3d']:.4f} vs Bayesian {f.detail['bayesian_miou_3d']:.4f} "
                    f"at 2D input mIoU {f.detail['input_miou_2d']:.3f}")
+        elif f.name == "render.miou_2d_gain_vs_segmenter":
+            ref = (f"render {f.detail['render_miou_2d']:.4f} vs segmenter {f.detail['segmenter_miou_2d']:.4f} 2D mIoU, "
+                   f"{f.detail['held_out_views']} held-out views")
+        elif f.name == "render.view_consistency":
+            ref = f"segmenter {f.detail['segmenter_view_consistency']:.4f} (consecutive poses, warped)"
+        elif f.name == "render.raycast_agreement":
+            ref = f"label agreement with the raycast render (raycast mIoU {f.detail['raycast_miou_2d']:.4f})"
+        elif f.name.startswith("render.fps_cpu"):
+            ref = f"{f.detail['gaussians']} Gaussians, our renderer on {f.detail['threads']} CPU threads"
+        elif f.name == "render.fps_gpu_640x480":
+            ref = f"gsplat, {f.detail['gaussians']} Gaussians, {f.detail['device']}"
         elif f.name == "voting.voxels_per_s":
             ref = f"{f.detail['voxels_per_keyframe']:.0f} voxels per keyframe, CPU"
         lines.append(f"{f.name:34s} {f.value:12.4f}  {f.unit:8s}  {ref}")

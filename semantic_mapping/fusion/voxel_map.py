@@ -59,6 +59,13 @@ def pack_indices(indices: np.ndarray) -> np.ndarray:  # [N] int64
     return (np.asarray(indices, dtype=np.int64) + (1 << 20)) @ np.array([1 << 42, 1 << 21, 1], np.int64)
 
 
+def unpack_indices(keys: np.ndarray) -> np.ndarray:  # [N, 3] int64
+    """Index triples of `pack_indices` keys [N]."""
+    keys = np.asarray(keys, dtype=np.int64)
+    mask = (1 << 21) - 1
+    return np.stack([(keys >> 42) & mask, (keys >> 21) & mask, keys & mask], axis=1) - (1 << 20)
+
+
 @dataclass
 class IntegrationStats:
     """What one `integrate` call touched."""
@@ -87,6 +94,9 @@ class VoxelMap:
         if not 0 < config.max_weight < 65535 - _WEIGHT_CAP_PERIOD:
             raise ValueError(f"fusion.max_weight must be in (0, {65535 - _WEIGHT_CAP_PERIOD}), got {config.max_weight}")
         self.chunk_updates: collections.Counter = collections.Counter()  # chunk index -> integrations touching it
+        self.generation = 0  # bumps when the map is replaced (reset, load): consumers start over
+        self.version = 0  # bumps on every change; blocks remember the version that last changed them
+        self._block_versions: dict = {}  # packed block coordinate -> version of its last change
         self.reset()
         self._rays_cache: dict = {}
         self._samples_cache: dict = {}
@@ -145,6 +155,25 @@ class VoxelMap:
         self._grid = self._new_grid(self.config.initial_block_capacity)
         self._integrations = 0  # weight cap period and pixel interleave turn
         self.chunk_updates.clear()
+        self._new_generation()
+
+    def _new_generation(self) -> None:
+        self.generation += 1
+        self.version += 1
+        self._block_versions.clear()
+
+    def _mark_blocks(self, block_coords: np.ndarray) -> None:
+        """Record that blocks [B, 3] changed (a new map version)."""
+        self.version += 1
+        self._block_versions.update(dict.fromkeys(pack_indices(block_coords).tolist(), self.version))
+
+    def changed_blocks(self, since_version: int) -> np.ndarray:  # [B, 3] int64 block coordinates
+        """Blocks changed after map version `since_version` of the current generation."""
+        if not self._block_versions:
+            return np.zeros((0, 3), np.int64)
+        keys = np.fromiter(self._block_versions.keys(), np.int64, len(self._block_versions))
+        versions = np.fromiter(self._block_versions.values(), np.int64, len(self._block_versions))
+        return unpack_indices(keys[versions > since_version])
 
     # ------------------------------------------------------------------ integration
     def integrate(
@@ -174,7 +203,7 @@ class VoxelMap:
         self._integrations += 1
         if self._integrations % _WEIGHT_CAP_PERIOD == 0:
             self._cap_weights()
-        self._count_chunk_updates(block_coords)
+        self._record_changed_blocks(block_coords)
         updated = 0
         if semantics is not None:
             updated = self._integrate_semantics(depth_m, intrinsics, T_world_cam, semantics)
@@ -218,6 +247,7 @@ class VoxelMap:
         flat, found = self.lookup(voxel_indices)
         if found.any():
             self._multiply_distributions(flat[found], np.asarray(probs, np.float32)[found], weight)
+            self._mark_blocks(np.unique(np.floor_divide(np.asarray(voxel_indices)[found], self.block_resolution), axis=0))
         return int(found.sum())
 
     def _multiply_distributions(self, voxels: np.ndarray, probs: np.ndarray, weight: float) -> None:
@@ -272,9 +302,11 @@ class VoxelMap:
             raise ValueError(f"fusion.chunk_shape_voxels {tuple(shape)} must be 3 multiples of the block resolution")
         return shape
 
-    def _count_chunk_updates(self, block_coords: o3c.Tensor) -> None:
+    def _record_changed_blocks(self, block_coords: o3c.Tensor) -> None:
+        blocks = block_coords.cpu().numpy().astype(np.int64)
+        self._mark_blocks(blocks)
         blocks_per_chunk = self.chunk_shape_voxels // self.block_resolution
-        chunks = np.floor_divide(block_coords.cpu().numpy().astype(np.int64), blocks_per_chunk)
+        chunks = np.floor_divide(blocks, blocks_per_chunk)
         for chunk in np.unique(chunks, axis=0).tolist():
             self.chunk_updates[tuple(chunk)] += 1
 
@@ -348,8 +380,31 @@ class VoxelMap:
         flat = buf * R**3 + (local[:, 2] * R + local[:, 1]) * R + local[:, 0]
         return flat, found.cpu().numpy()
 
-    def voxel_values(self, voxel_indices: np.ndarray) -> dict:
-        """Per-voxel tsdf (metres), weight, colour, label, confidence, semantic count at integer indices [N, 3].
+    def block_voxel_indices(self, block_coords: np.ndarray) -> np.ndarray:  # [B' * R^3, 3] int64
+        """Integer indices of every voxel of the allocated blocks among block coordinates [B, 3]."""
+        R = self.block_resolution
+        blocks = np.asarray(block_coords, dtype=np.int64).reshape(-1, 3)
+        if len(blocks) == 0 or self.num_blocks == 0:
+            return np.zeros((0, 3), np.int64)
+        _, found = self._grid.hashmap().find(o3c.Tensor(blocks.astype(np.int32)).to(self._o3d_device))
+        blocks = blocks[found.cpu().numpy().astype(bool)]
+        local = np.stack(np.meshgrid(np.arange(R), np.arange(R), np.arange(R), indexing="ij"), -1).reshape(-1, 3)
+        return (blocks[:, None, :] * R + local[None]).reshape(-1, 3)
+
+    def observed_sdf(self, voxel_indices: np.ndarray) -> np.ndarray:  # [N] float32 metres
+        """Signed distance at integer voxel indices [N, 3]; NaN where the voxel was never observed."""
+        flat, found = self.lookup(voxel_indices)
+        out = np.full(len(flat), np.nan, np.float32)
+        if found.any():
+            f = torch.from_numpy(flat[found]).to(self._flat("tsdf").device)
+            sdf = (self._flat("tsdf")[f, 0] * self.sdf_trunc_m).cpu().numpy()
+            observed = self._flat("weight")[f, 0].to(torch.int32).cpu().numpy() > 0
+            out[found] = np.where(observed, sdf, np.nan)
+        return out
+
+    def voxel_values(self, voxel_indices: np.ndarray, with_probs: bool = False) -> dict:
+        """Per-voxel tsdf (metres), weight, colour, label, confidence, semantic count at integer indices [N, 3];
+        with `with_probs`, also the class distribution ("class_probs" [N, C], zeros where never labelled).
 
         Unallocated voxels get weight 0 and label -1.
         """
@@ -363,6 +418,8 @@ class VoxelMap:
             "confidence": np.zeros(n, np.float32),
             "semantic_count": np.zeros(n, np.int32),
         }
+        if with_probs:
+            out["class_probs"] = np.zeros((n, self.num_classes), np.float32)
         if found.any():
             f = torch.from_numpy(flat[found]).to(self._flat("tsdf").device)
             out["sdf_m"][found] = (self._flat("tsdf")[f, 0] * self.sdf_trunc_m).cpu().numpy()
@@ -370,6 +427,9 @@ class VoxelMap:
             out["colors"][found] = self._flat("color")[f].to(torch.int32).clamp(0, 255).cpu().numpy()
             counts = self._flat("semantic_count")[f, 0].to(torch.int32)
             labels, conf = decode_distribution(self._flat("semantic")[f])
+            if with_probs:
+                probs = torch.softmax(self._flat("semantic")[f].float() / LOG_PROB_SCALE, dim=1)
+                out["class_probs"][found] = (probs * (counts > 0)[:, None]).cpu().numpy()
             labels = torch.where(counts > 0, labels, torch.full_like(labels, -1))
             out["labels"][found] = labels.cpu().numpy()
             out["confidence"][found] = torch.where(counts > 0, conf, torch.zeros_like(conf)).cpu().numpy()
@@ -508,8 +568,10 @@ class VoxelMap:
         """Replace the map's contents with saved block arrays."""
         coords = np.ascontiguousarray(arrays["block_coords"], dtype=np.int32)
         self._grid = self._new_grid(max(len(coords) * 2, self.config.initial_block_capacity))
+        self._new_generation()
         if len(coords) == 0:
             return
+        self._mark_blocks(coords)
         buf, ok = self._grid.hashmap().activate(o3c.Tensor(coords).to(self._o3d_device))
         if not bool(ok.cpu().numpy().all()):
             raise ValueError("map file holds duplicate block coordinates")

@@ -8,9 +8,12 @@ builds and publishes the map outputs between frames, and only for outputs someon
 Subscribed (relative names, remappable): rgb/image, rgb/camera_info, depth/image,
 depth/camera_info (only when depth is not registered to rgb), pose (PoseStamped,
 PoseWithCovarianceStamped or Odometry per node.pose_source; or TF), semantic/labels,
-semantic/confidence, semantic/probabilities, instances/masks.
+semantic/confidence, semantic/probabilities, instances/masks; ~/render/pose (PoseStamped, map frame).
 Published: ~/voxels (PointCloud2), ~/mesh (Marker), ~/traversability (OccupancyGrid),
-~/label_space (LabelSpace), ~/status (MapperStatus), /diagnostics (DiagnosticArray).
+~/label_space (LabelSpace), ~/status (MapperStatus), /diagnostics (DiagnosticArray), and
+Gaussian-splat renders ~/render/{rgb, semantic (mono8 class ids), semantic_color, depth (32FC1),
+camera_info}: a render thread of their own makes them while someone subscribes, from the requested
+pose or following the camera; it holds the map lock only to bring the Gaussians up to date.
 Services: ~/save_map (SaveMap), ~/load_map (LoadMap), ~/reset (std_srvs/Trigger).
 """
 
@@ -80,9 +83,18 @@ OUTPUT_TOPICS = {
     "label_space": ("~/label_space", LabelSpaceMsg),
     "status": ("~/status", MapperStatus),
 }
+RENDER_TOPICS = {
+    "rgb": ("~/render/rgb", Image),
+    "semantic": ("~/render/semantic", Image),
+    "semantic_color": ("~/render/semantic_color", Image),
+    "depth": ("~/render/depth", Image),
+    "camera_info": ("~/render/camera_info", CameraInfo),
+}
+RENDER_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=1)
 # parameters that may change while the node runs; the rest need a restart
 RUNTIME_PARAMETERS = {"node.voxels_rate_hz", "node.mesh_rate_hz", "node.grid_rate_hz", "node.status_rate_hz",
-                      "node.color_by", "node.default_map_path"}
+                      "node.color_by", "node.default_map_path", "node.render_rate_hz", "node.render_width_px",
+                      "node.render_height_px", "node.render_follow_camera", "node.render_pose_hold_s"}
 
 SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=10,
                         durability=DurabilityPolicy.VOLATILE)
@@ -164,6 +176,9 @@ class MappingNode(Node):
         self.intrinsics = None
         self.depth_intrinsics = None
         self._camera_frame_id = p.node.camera_frame
+        self._camera_view = None  # (T_world_cam, stamp_ns, intrinsics) of the latest integrated frame
+        self._requested_view = None  # (T_world_cam, stamp_ns, monotonic receipt s) from ~/render/pose
+        self._render_stats = {"renders": 0, "last_ms": 0.0, "gaussians": 0}
 
         self.assembler = FrameAssembler(p.assembly, pose_lookup=self._tf_lookup() if p.node.pose_source == "tf" else None)
 
@@ -185,7 +200,10 @@ class MappingNode(Node):
                                      callback_group=sensors)
 
         self.pubs = {name: self.create_publisher(t, topic, MAP_QOS) for name, (topic, t) in OUTPUT_TOPICS.items()}
-        assert {topic for topic, _ in OUTPUT_TOPICS.values()} | {"/diagnostics"} == set(PUBLISHED_TOPICS)
+        self.render_pubs = {name: self.create_publisher(t, topic, RENDER_QOS) for name, (topic, t) in RENDER_TOPICS.items()}
+        self.create_subscription(PoseStamped, "~/render/pose", self._on_render_pose, RENDER_QOS, callback_group=sensors)
+        assert {topic for topic, _ in (*OUTPUT_TOPICS.values(), *RENDER_TOPICS.values())} | {"/diagnostics"} == set(
+            PUBLISHED_TOPICS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SaveMap, "~/save_map", self._on_save, callback_group=services)
         self.create_service(LoadMap, "~/load_map", self._on_load, callback_group=services)
@@ -202,6 +220,8 @@ class MappingNode(Node):
         self._running = True
         self._worker = threading.Thread(target=self._work, name="mapping_worker", daemon=True)
         self._worker.start()
+        self._render_thread = threading.Thread(target=self._render_loop, name="render_worker", daemon=True)
+        self._render_thread.start()
         self.get_logger().info(
             f"ready: voxel {self.mapper.voxel_size_m:.3f} m on {self.mapper.map.device}, pose from "
             f"{p.node.pose_source}, map frame '{p.node.map_frame}', queue {p.node.queue_size}, semantics "
@@ -434,6 +454,7 @@ class MappingNode(Node):
             latency_ns = self.get_clock().now().nanoseconds - assembled.stamp_ns
         with self._lock:
             if result.accepted:
+                self._camera_view = (frame.T_world_cam, frame.stamp_ns, frame.intrinsics)
                 self._map_version += 1
                 self._rates["integrated"].tick(time.monotonic_ns())
                 self._latencies_ms.append(latency_ns / 1e6)
@@ -485,6 +506,77 @@ class MappingNode(Node):
         msg.colors = [ColorRGBA(r=float(c[0]) / 255, g=float(c[1]) / 255, b=float(c[2]) / 255, a=1.0) for c in ls.colors]
         msg.ignore_id = int(ls.ignore_id)
         self.pubs["label_space"].publish(msg)
+
+    # ------------------------------------------------------------------ renders
+    def _on_render_pose(self, msg: PoseStamped) -> None:
+        frame_id = msg.header.frame_id
+        if frame_id not in ("", self.params.node.map_frame):
+            self._count_bad("render_pose_frame", f"~/render/pose is in frame '{frame_id}', expected the map frame "
+                            f"'{self.params.node.map_frame}'")
+            return
+        try:
+            T_world_cam = conv.pose_to_T(msg.pose)
+        except conv.ConversionError as exc:
+            self._count_bad("render_" + exc.reason, f"~/render/pose: {exc}")
+            return
+        stamp_ns = conv.stamp_to_ns(msg.header.stamp) or self._stamp_ns()  # the renders carry the request's stamp
+        with self._lock:
+            self._requested_view = (T_world_cam, stamp_ns, time.monotonic())
+
+    def _render_view(self):
+        """(T_world_cam, stamp_ns, camera intrinsics or None) to render from now, or None."""
+        node = self.params.node
+        with self._lock:
+            requested, camera = self._requested_view, self._camera_view
+        if requested is not None and (node.render_pose_hold_s == 0 or time.monotonic() - requested[2] < node.render_pose_hold_s):
+            return requested[0], requested[1], camera[2] if camera is not None else self.intrinsics
+        if node.render_follow_camera and camera is not None:
+            return camera
+        return None
+
+    def _render_loop(self) -> None:
+        last_key = None
+        while self._running and self.context.ok():
+            node = self.params.node
+            period_s = 1.0 / node.render_rate_hz if node.render_rate_hz > 0 else 0.5
+            t0 = time.monotonic()
+            try:
+                if node.render_rate_hz > 0 and any(p.get_subscription_count() for p in self.render_pubs.values()):
+                    view = self._render_view()
+                    with self._lock:
+                        version = self._map_version
+                    key = None if view is None else (view[1], version, node.render_width_px, node.render_height_px)
+                    if view is not None and key != last_key:
+                        self._publish_render(*view)
+                        last_key = key
+            except Exception as exc:
+                if not (self._running and self.context.ok()):
+                    return
+                self.get_logger().error(f"render: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+            time.sleep(max(0.0, period_s - (time.monotonic() - t0)))
+
+    def _publish_render(self, T_world_cam: np.ndarray, stamp_ns: int, camera_intrinsics) -> None:
+        from semantic_mapping.geometry.projection import intrinsics_from_fov
+
+        node = self.params.node
+        W, H = node.render_width_px, node.render_height_px
+        intrinsics = (camera_intrinsics.scaled(W, H) if camera_intrinsics is not None
+                      else intrinsics_from_fov(W, H, node.render_hfov_deg))
+        t0 = time.perf_counter()
+        with self._mapper_lock:  # only the incremental update; the render reads a snapshot
+            scene = self.mapper.gaussians().snapshot()
+        view = scene.render(intrinsics, T_world_cam, ignore_id=self.label_space.ignore_id)
+        frame_id = self._camera_frame_id or "camera"
+        labels = np.where(view.labels < 255, view.labels, 255).astype(np.uint8)
+        self.render_pubs["rgb"].publish(conv.image_msg(view.rgb, "rgb8", stamp_ns, frame_id))
+        self.render_pubs["semantic"].publish(conv.image_msg(labels, "mono8", stamp_ns, frame_id))
+        self.render_pubs["semantic_color"].publish(
+            conv.image_msg(self.label_space.colorize(view.labels), "rgb8", stamp_ns, frame_id))
+        self.render_pubs["depth"].publish(conv.image_msg(view.depth_m, "32FC1", stamp_ns, frame_id))
+        self.render_pubs["camera_info"].publish(conv.camera_info_msg(intrinsics, stamp_ns, frame_id))
+        with self._lock:
+            self._render_stats = {"renders": self._render_stats["renders"] + 1,
+                                  "last_ms": 1000 * (time.perf_counter() - t0), "gaussians": len(scene)}
 
     def status(self) -> MapperStatus:
         now = time.monotonic_ns()
@@ -544,6 +636,9 @@ class MappingNode(Node):
                 if role not in ("assembled", "integrated"):
                     values[f"input_rate_hz.{role}"] = f"{rate.hz(now):.2f}"
             values["queue_length"] = len(self._queue)
+            values["render.count"] = self._render_stats["renders"]
+            values["render.last_ms"] = f"{self._render_stats['last_ms']:.1f}"
+            values["render.gaussians"] = self._render_stats["gaussians"]
             values["time_jump_resets"] = self._time_jump_resets
             for role, count in self.assembler.stats.received.items():
                 values[f"received.{role}"] = count
@@ -602,6 +697,7 @@ class MappingNode(Node):
         with self._lock:
             self._wake.notify_all()
         self._worker.join(timeout=5.0)
+        self._render_thread.join(timeout=5.0)
 
 
 def main(args: Optional[list] = None) -> int:

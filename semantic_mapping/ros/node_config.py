@@ -31,6 +31,7 @@ SUBSCRIBED_TOPICS = {
     "semantic/confidence": "sensor_msgs/msg/Image",
     "semantic/probabilities": "sensor_msgs/msg/Image",
     "instances/masks": "sensor_msgs/msg/Image",
+    "~/render/pose": "geometry_msgs/msg/PoseStamped",
 }
 PUBLISHED_TOPICS = {
     "~/voxels": "sensor_msgs/msg/PointCloud2",
@@ -38,6 +39,11 @@ PUBLISHED_TOPICS = {
     "~/traversability": "nav_msgs/msg/OccupancyGrid",
     "~/label_space": "semantic_mapping/msg/LabelSpace",
     "~/status": "semantic_mapping/msg/MapperStatus",
+    "~/render/rgb": "sensor_msgs/msg/Image",
+    "~/render/semantic": "sensor_msgs/msg/Image",
+    "~/render/semantic_color": "sensor_msgs/msg/Image",
+    "~/render/depth": "sensor_msgs/msg/Image",
+    "~/render/camera_info": "sensor_msgs/msg/CameraInfo",
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
 }
 SERVICES = {
@@ -92,6 +98,19 @@ class NodeConfig:
     """When image stamps jump back (a bag restarted): 'reset' the map and go on, or 'refuse' the older frames."""
     default_map_path: str = "semantic_map.npz"
     """File SaveMap writes when its request names no path."""
+    render_rate_hz: float = 2.0
+    """Rate of the Gaussian-splat renders on ~/render/* (made only while someone subscribes, in their own
+    thread, never holding up integration); 0 disables them."""
+    render_width_px: int = 320
+    """Width of the renders (the camera's intrinsics are scaled to it)."""
+    render_height_px: int = 240
+    """Height of the renders."""
+    render_follow_camera: bool = True
+    """Render from the latest integrated camera pose when no requested pose (~/render/pose) holds."""
+    render_pose_hold_s: float = 10.0
+    """A pose received on ~/render/pose is rendered from for this long, then following resumes; 0: for ever."""
+    render_hfov_deg: float = 62.7
+    """Horizontal field of view of the renders until the first camera_info arrives."""
 
 
 @dataclass
@@ -243,6 +262,13 @@ def check_values(params: NodeParameters) -> None:
             raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")
     if len(n.T_pose_cam) != 7:
         raise ConfigError(f"node.T_pose_cam: expected 7 numbers x y z qx qy qz qw, got {list(n.T_pose_cam)}")
+    if n.render_width_px < 8 or n.render_height_px < 8:
+        raise ConfigError(f"node.render_width_px/render_height_px: at least 8 pixels, got {n.render_width_px}x{n.render_height_px}")
+    if not 1.0 <= n.render_hfov_deg < 179.0:
+        raise ConfigError(f"node.render_hfov_deg: expected 1..179 degrees, got {n.render_hfov_deg}")
+    splatting = params.mapper.splatting
+    if splatting.backend not in ("auto", "gsplat", "cpu"):
+        raise ConfigError(f"splatting.backend: expected one of ['auto', 'gsplat', 'cpu'], got {splatting.backend!r}")
     q = n.T_pose_cam[3:]
     if abs(math.sqrt(sum(v * v for v in q)) - 1.0) > 1e-3:
         raise ConfigError(f"node.T_pose_cam: the quaternion {list(q)} is not unit length")

@@ -40,6 +40,7 @@ from semantic_mapping.srv import LoadMap, SaveMap
 CAMERA_FRAME = "camera_color_optical_frame"
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 SENSOR_PUB_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+RENDER_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def simulated_frames(seed: int, num_frames: int, width: int):
@@ -110,6 +111,14 @@ class Driver(Node):
         for key, topic, t in (("voxels", "voxels", PointCloud2), ("mesh", "mesh", Marker),
                               ("grid", "traversability", OccupancyGrid)):
             self.create_subscription(t, f"/{self.target}/{topic}", lambda m, k=key: self._store(k, m), MAP_QOS)
+
+    def subscribe_renders(self) -> None:
+        """Subscribe to the Gaussian-splat renders and make the render pose publisher."""
+        for key in ("semantic", "depth", "camera_info"):
+            t = CameraInfo if key == "camera_info" else Image
+            self.create_subscription(t, f"/{self.target}/render/{key}", lambda m, k=key: self._store("render_" + k, m),
+                                     RENDER_QOS)
+        self.pubs["render_pose"] = self.create_publisher(PoseStamped, f"/{self.target}/render/pose", RENDER_QOS)
 
     def _store(self, key, msg):
         self.latest[key] = msg
@@ -262,6 +271,38 @@ def malformed_stream(driver: Driver, good_frame) -> dict:
     return sent
 
 
+def render_checks(driver: Driver, frame, stamps: list) -> dict:
+    """Renders follow the camera, then serve a requested pose: labels against that view's ground truth."""
+    import cv2
+
+    driver.subscribe_renders()
+    followed = driver.wait_for(lambda: "render_semantic" in driver.latest, 20.0, "a render following the camera")
+    out = {"followed_camera": followed and conv.stamp_to_ns(driver.latest["render_semantic"].header.stamp) in stamps}
+    request = PoseStamped()
+    request.header.frame_id = "map"
+    stamp_ns = driver.get_clock().now().nanoseconds
+    request.header.stamp = conv.ns_to_stamp(stamp_ns)
+    conv.T_to_pose(frame.T_world_cam, request.pose)
+    driver.wait_for(lambda: driver.pubs["render_pose"].get_subscription_count() > 0, 10.0, "the render pose subscriber")
+    driver.pubs["render_pose"].publish(request)
+
+    def served():
+        return all(k in driver.latest and conv.stamp_to_ns(driver.latest[k].header.stamp) == stamp_ns
+                   for k in ("render_semantic", "render_depth", "render_camera_info"))
+    out["served_request"] = driver.wait_for(served, 20.0, "the render of the requested pose")
+    if not out["served_request"]:
+        return out
+    semantic, info = driver.latest["render_semantic"], driver.latest["render_camera_info"]
+    labels = np.frombuffer(bytes(semantic.data), np.uint8).reshape(semantic.height, semantic.step)[:, :semantic.width]
+    truth = cv2.resize(frame.ground_truth.labels.astype(np.uint8), (semantic.width, semantic.height),
+                       interpolation=cv2.INTER_NEAREST)
+    labelled = (labels != 255) & (truth != 255)
+    out.update({"width": semantic.width, "height": semantic.height, "encoding": semantic.encoding,
+                "camera_info_size": [info.width, info.height], "coverage": float(labelled.mean()),
+                "agreement": float((labels[labelled] == truth[labelled]).mean()) if labelled.any() else 0.0})
+    return out
+
+
 def run(args) -> dict:
     from semantic_mapping.config import FusionConfig, MapperConfig
 
@@ -328,6 +369,8 @@ def run(args) -> dict:
                           "frame_id": mesh.header.frame_id} if mesh else None
         diag = driver.latest.get("diagnostics")
         result["diagnostics"] = {kv.key: kv.value for st in diag.status for kv in st.values} if diag else {}
+
+        result["render"] = render_checks(driver, frames[len(frames) // 2], stamps)
 
         # quality against ground truth, versus the library on the same frames (the baseline)
         tmp = Path(tempfile.mkdtemp(prefix="sm_replay_"))
