@@ -207,7 +207,9 @@ def _fusion_figures(seeds: list, num_frames: int, progress: bool) -> list:
 
 def node_figures(quick: bool = False) -> list:
     """The ROS node's figures (node.drop_rate, node.latency_ms_p50/p95), with soft voting on as the
-    launch file runs it, from semantic_mapping.ros.node_bench, which runs the node and its driver as ROS subprocesses (this process never imports rclpy); [] with
+    launch file runs it and a viewer subscribed to the Gaussian-splat renders, from
+    semantic_mapping.ros.node_bench, which runs the node and its driver as ROS subprocesses (this
+    process never imports rclpy); [] with
     one printed line saying why when the ROS 2 environment is not built or the run failed."""
     from semantic_mapping.ros import node_bench, proc
 

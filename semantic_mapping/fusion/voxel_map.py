@@ -158,6 +158,8 @@ class VoxelMap:
         self._new_generation()
 
     def _new_generation(self) -> None:
+        """A new grid (reset, load): consumers start over, and its raycast buffer starts small."""
+        self._raycast_sized_blocks = 0  # map size when Open3D's raycast buffer was last grown
         self.generation += 1
         self.version += 1
         self._block_versions.clear()
@@ -472,8 +474,12 @@ class VoxelMap:
             return empty
         block_coords = self.active_block_coords()
         # Open3D keeps one range-map fragment buffer for all calls and returns an incomplete render
-        # from a call that has to grow it (it logs "Could not generate full range map"); how many
-        # fragments a view needs depends on the view, so a depth-only first pass sizes the buffer.
+        # from a call that has to grow it (it logs "Could not generate full range map"), and a call
+        # that grows it can crash the process. So the buffer is grown in one go, by a wide view from
+        # the middle of the map, whenever the map has doubled since; then a depth-only first pass
+        # sizes it for this view in the rare case it needs more.
+        if self.num_blocks > 2 * self._raycast_sized_blocks:
+            self._grow_raycast_buffer(block_coords, intrinsics)
         self._raycast_once(block_coords, intrinsics, T_world_cam, ["depth"])
         result = self._raycast_once(block_coords, intrinsics, T_world_cam, ["depth", "index", "interp_ratio"])
         depth = result["depth"].cpu().numpy()[..., 0]
@@ -504,6 +510,18 @@ class VoxelMap:
         empty.labels[hit] = labels.cpu().numpy()
         empty.confidence[hit] = torch.where(observed, conf, torch.zeros_like(conf)).cpu().numpy()
         return empty
+
+    def _grow_raycast_buffer(self, block_coords, intrinsics: CameraIntrinsics) -> None:
+        """A depth-only cast over six wide views from the centre of the map: more fragments than a
+        camera view of the map needs, so later casts rarely grow Open3D's fragment buffer."""
+        from semantic_mapping.geometry.pose import look_at
+
+        centre = block_coords.cpu().numpy().mean(axis=0) * self.block_resolution * self.voxel_size_m
+        wide = CameraIntrinsics(0.25 * intrinsics.width_px, 0.25 * intrinsics.width_px, intrinsics.cx, intrinsics.cy,
+                                intrinsics.width_px, intrinsics.height_px)  # about 127 degrees across
+        for direction in np.vstack([np.eye(3), -np.eye(3)]):
+            self._raycast_once(block_coords, wide, look_at(centre, centre + direction + [1e-3, 2e-3, 0.0]), ["depth"])
+        self._raycast_sized_blocks = self.num_blocks
 
     def _refine_hit_depth(
         self,

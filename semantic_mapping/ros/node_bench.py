@@ -39,11 +39,14 @@ def run_node_benchmark(
     transports: Optional[str] = None,
     reliable: bool = True,
     params: Optional[dict] = None,
+    watch_renders: bool = True,
 ) -> dict:
     """Run the 10 Hz replay against the node in subprocesses; returns the figures and details.
 
     {"node.drop_rate": fraction, "node.latency_ms_p50": ms, "node.latency_ms_p95": ms, "detail": {...}}.
-    `params` are extra node parameters {dotted name: value} (e.g. semantics.method). Raises
+    `params` are extra node parameters {dotted name: value} (e.g. semantics.method). With
+    `watch_renders` the driver subscribes to the Gaussian-splat renders, so the node renders at
+    node.render_rate_hz while it integrates (as it does with RViz open). Raises
     RuntimeError when ROS is not built (scripts/build_ros.sh) or a process fails.
     """
     if not proc.ros_available():
@@ -63,7 +66,8 @@ def run_node_benchmark(
         driver = subprocess.run(
             proc.ros_command("semantic_mapping.ros.replay", [
                 "--seed", seed, "--frames", num_frames, "--width", width_px, "--rate", rate_hz,
-                "--voxel-size", voxel_size_m, "--out", out, "--settle-timeout", 60]),
+                "--voxel-size", voxel_size_m, "--out", out, "--settle-timeout", 60,
+                *(["--watch-renders"] if watch_renders else [])]),
             cwd=work, env=proc.ros_env(domain, work / "ros_log", env), capture_output=True, text=True, timeout=timeout_s,
         )
         node_alive = node.poll() is None
@@ -82,6 +86,7 @@ def run_node_benchmark(
             "rate_hz": rate_hz, "voxel_size_m": voxel_size_m, "drops": r["drops"], "memory_mb": r["memory_mb"],
             "node_alive_at_end": node_alive, "work_dir": str(work), "fastdds_transports": transports or "default",
             "reliable_inputs": bool(reliable), "params": extra_params,
+            "renders_received": r["renders_received"] if watch_renders else None,
         },
     }
 
@@ -104,6 +109,8 @@ def main(argv=None) -> int:
     parser.add_argument("--best-effort", action="store_true", help="sensor-data QoS inputs (the node's default) instead of reliable")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="extra node parameter, e.g. semantics.method=voting (repeatable; values as YAML)")
+    parser.add_argument("--no-renders", action="store_true",
+                        help="do not subscribe to the Gaussian-splat renders (by default a viewer watches them)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     import yaml
@@ -116,10 +123,11 @@ def main(argv=None) -> int:
         params[name] = yaml.safe_load(value)
     t0 = time.monotonic()
     result = run_node_benchmark(args.seed, args.frames, args.width, args.rate, transports=args.transports or None,
-                                reliable=not args.best_effort, params=params)
+                                reliable=not args.best_effort, params=params, watch_renders=not args.no_renders)
     print(f"node at {args.rate:g} Hz, {args.width} px, {args.frames} frames: drop rate "
           f"{100 * result['node.drop_rate']:.1f} %, latency image stamp -> map update "
-          f"median {result['node.latency_ms_p50']:.0f} ms, p95 {result['node.latency_ms_p95']:.0f} ms "
+          f"median {result['node.latency_ms_p50']:.0f} ms, p95 {result['node.latency_ms_p95']:.0f} ms, "
+          f"{result['detail']['renders_received'] if not args.no_renders else 'no'} renders watched "
           f"({time.monotonic() - t0:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(figures(result), indent=2))

@@ -275,7 +275,8 @@ def render_checks(driver: Driver, frame, stamps: list) -> dict:
     """Renders follow the camera, then serve a requested pose: labels against that view's ground truth."""
     import cv2
 
-    driver.subscribe_renders()
+    if "render_pose" not in driver.pubs:
+        driver.subscribe_renders()
     followed = driver.wait_for(lambda: "render_semantic" in driver.latest, 20.0, "a render following the camera")
     out = {"followed_camera": followed and conv.stamp_to_ns(driver.latest["render_semantic"].header.stamp) in stamps}
     request = PoseStamped()
@@ -325,6 +326,8 @@ def run(args) -> dict:
             stream(driver, frames[:3], args.rate, with_camera_info=False)
             driver.spin_for(1.0)
             frames = frames[3:]
+        if args.watch_renders:
+            driver.subscribe_renders()
         stamps = stream(driver, frames, args.rate)
         total = len(frames)
 
@@ -349,6 +352,7 @@ def run(args) -> dict:
             "memory_mb": float(status.memory_mb),
             "voxel_count": int(status.voxel_count),
             "stream_s": (stamps[-1] - stamps[0]) / 1e9 if len(stamps) > 1 else 0.0,
+            "renders_received": driver.counts.get("render_semantic", 0),
         })
         if not args.checks:
             return result
@@ -437,6 +441,8 @@ def main(argv=None) -> int:
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument("--settle-timeout", type=float, default=30.0)
     parser.add_argument("--checks", action="store_true")
+    parser.add_argument("--watch-renders", action="store_true",
+                        help="subscribe to the node's Gaussian-splat renders while streaming (a viewer's load)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     result = run(args)
