@@ -30,6 +30,7 @@ from semantic_mapping.semantics.bayesian import (
     PixelSemantics,
     aggregate_by_voxel,
     bayesian_update,
+    class_probabilities,
     decode_distribution,
 )
 from semantic_mapping.types import CameraIntrinsics, RenderedView
@@ -428,9 +429,9 @@ class VoxelMap:
             out["weight"][found] = self._flat("weight")[f, 0].to(torch.int32).cpu().numpy()
             out["colors"][found] = self._flat("color")[f].to(torch.int32).clamp(0, 255).cpu().numpy()
             counts = self._flat("semantic_count")[f, 0].to(torch.int32)
-            labels, conf = decode_distribution(self._flat("semantic")[f])
+            probs = class_probabilities(self._flat("semantic")[f])  # [F, C]
+            conf, labels = probs.max(dim=1)
             if with_probs:
-                probs = torch.softmax(self._flat("semantic")[f].float() / LOG_PROB_SCALE, dim=1)
                 out["class_probs"][found] = (probs * (counts > 0)[:, None]).cpu().numpy()
             labels = torch.where(counts > 0, labels, torch.full_like(labels, -1))
             out["labels"][found] = labels.cpu().numpy()

@@ -86,8 +86,12 @@ def bayesian_update(
     return np.rint(log_p * np.float32(LOG_PROB_SCALE)).astype(np.int16)
 
 
+def class_probabilities(stored: torch.Tensor) -> torch.Tensor:  # [N, C] float32
+    """Class distributions from stored fixed-point log-probs [N, C]."""
+    return torch.softmax(stored.float() / LOG_PROB_SCALE, dim=1)
+
+
 def decode_distribution(stored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels [N] int64, confidence [N] float32) from stored fixed-point log-probs [N, C]."""
-    probs = torch.softmax(stored.float() / LOG_PROB_SCALE, dim=1)
-    confidence, labels = probs.max(dim=1)
+    confidence, labels = class_probabilities(stored).max(dim=1)
     return labels, confidence
