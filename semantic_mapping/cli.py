@@ -285,6 +285,32 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_objects(args) -> int:
+    from semantic_mapping.io.exports import write_json, write_png
+    from semantic_mapping.io.pictures import objects_top_down
+    from semantic_mapping.pipeline import Mapper
+
+    mapper = Mapper.from_file(args.map, _load_mapper_config(args))
+    if mapper.object_slots is None:
+        raise ValueError("objects are disabled in the config (objects.enabled: false)")
+    objects = mapper.object_slots.objects
+    stem = Path(args.map).with_suffix("")
+    json_path = Path(args.out_json) if args.out_json else stem.with_name(stem.name + "_objects.json")
+    png_path = Path(args.out_png) if args.out_png else stem.with_name(stem.name + "_objects.png")
+    write_json(json_path, {"map": str(args.map), "voxel_size_m": mapper.voxel_size_m,
+                           "objects": [o.summary() for o in sorted(objects, key=lambda o: o.id)]})
+    write_png(png_path, objects_top_down(mapper.labelled_voxels(), objects, mapper.label_space, mapper.voxel_size_m))
+    print(f"{len(objects)} objects in {args.map}; wrote {json_path} and {png_path}")
+    for o in sorted(objects, key=lambda o: -o.voxel_count)[: args.list]:
+        size = " x ".join(f"{v:.2f}" for v in o.box_size_m)
+        print(f"  #{o.id:<4} {o.class_name or '?':<16} {o.voxel_count:>6} voxels  box {size} m  "
+              f"slot confidence {o.slot_confidence:.2f}")
+    if not objects:
+        print("no objects: the map was saved without object slots (frames without masks and objects.mask_source "
+              "'frame', or objects.enabled false when it was made)")
+    return 0
+
+
 def _load_mapper_config(args):
     from semantic_mapping.config import load_config
 
@@ -358,6 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--config", help="mapping YAML (splatting section); default: the packaged config")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("objects", help="list a saved map's object slots: JSON, and a top-down picture coloured by "
+                       "object and by class")
+    p.add_argument("map", help="map file (.npz) written by run, demo or the node's save_map")
+    p.add_argument("--out-json", help="JSON to write (default: <map>_objects.json beside the map)")
+    p.add_argument("--out-png", help="PNG to write (default: <map>_objects.png beside the map)")
+    p.add_argument("--list", type=int, default=20, help="print this many of the largest objects")
+    p.add_argument("--config", help="mapping YAML; default: the packaged config")
+    p.set_defaults(func=cmd_objects)
 
     p = sub.add_parser("train-voting", help="train the soft-voting network on simulated development scenes "
                        "(2D supervision only); writes the checkpoint, its loss plot and history")

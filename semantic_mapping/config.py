@@ -161,6 +161,70 @@ class SplattingConfig:
 
 
 @dataclass
+class GeometricMaskConfig:
+    """The built-in class-agnostic mask generator: depth and normal discontinuities cut the image,
+    the 2D labels' connected components split what they leave (no network needed)."""
+
+    depth_edge_rel: float = 0.04
+    """Neighbouring pixels whose depths differ by more than this fraction of the nearer depth are an edge."""
+    normal_edge_deg: float = 35.0
+    """Neighbouring pixels whose surface normals differ by more than this angle (degrees) are an edge."""
+    normal_window_px: int = 5
+    """Side of the window (pixels of a 640-pixel-wide image) normals are estimated over from depth."""
+    split_by_labels: bool = True
+    """Also cut where the 2D semantic label changes (when the frame has labels or probabilities)."""
+
+
+@dataclass
+class ObjectsConfig:
+    """Class-agnostic object slots (DiscoNeRF): a per-voxel feature field decoded to N competing slots,
+    fitted to per-view 2D masks by soft-IoU affinity, Hungarian matching and Eq. 5-7 losses."""
+
+    enabled: bool = True
+    """Build object slots from the frames' class-agnostic masks."""
+    mask_source: str = "auto"
+    """'frame' (masks that come with the frame or topic), 'geometric' (built-in generator), or 'auto' (frame masks when present, else geometric)."""
+    view_interval_frames: int = 10
+    """Every this many integrated frames, one frame with masks becomes an object view."""
+    view_width_px: int = 160
+    """Width (pixels) at which masks and rendered slot images are compared; height keeps the aspect ratio."""
+    max_views: int = 120
+    """Object views kept for optimisation; beyond that the oldest are forgotten."""
+    min_mask_area_fraction: float = 0.03
+    """Masks under this fraction of the image are dropped (DiscoNeRF §7.1)."""
+    contained_fraction: float = 0.9
+    """A mask with this fraction of its area inside a larger one is dropped (§7.1)."""
+    mask_dilation_px: int = 0
+    """Dilate every mask by this many pixels (at the view width) before use (§7.1 dilates by 5 at full size)."""
+    feature_dim: int = 16
+    """Length of the learnable feature of each voxel of the field."""
+    feature_levels: int = 3
+    """Resolution levels of the field's features: cells of 1, 2, 4, ... voxels share a feature, summed per voxel."""
+    hidden_dim: int = 32
+    """Width of the hidden layer of the slot decoder MLP."""
+    min_slots: int = 8
+    """Fewest slots; N = max(this, 2 x the most masks seen in one view), grown when needed."""
+    learning_rate: float = 0.05
+    """Adam learning rate of the features and the decoder."""
+    steps_per_view: int = 15
+    """Optimisation steps run for every new object view."""
+    batch_views: int = 4
+    """Views per optimisation step: the newest plus randomly drawn older ones."""
+    lambda_fp: float = 0.01
+    """Weight of the false-positive loss (Eq. 6)."""
+    lambda_tv: float = 0.01
+    """Weight of the total-variation loss over neighbouring voxel features (Eq. 7)."""
+    matching: str = "hungarian"
+    """'hungarian' (one slot per mask per view, Eq. 4-5) or 'argmax' (each mask takes its best slot; ablation)."""
+    min_object_voxels: int = 30
+    """A connected part of a slot with fewer voxels is not an object."""
+    seed: int = 0
+    """Seed of the feature initialisation and of the view sampling."""
+    geometric: GeometricMaskConfig = field(default_factory=GeometricMaskConfig)
+    """The built-in mask generator used when frames bring no masks."""
+
+
+@dataclass
 class MapperConfig:
     """Everything the `Mapper` needs."""
 
@@ -170,6 +234,7 @@ class MapperConfig:
     outputs: OutputConfig = field(default_factory=OutputConfig)
     voting: VotingConfig = field(default_factory=VotingConfig)
     splatting: SplattingConfig = field(default_factory=SplattingConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
 
 
 # ----------------------------------------------------------------------------- simulation

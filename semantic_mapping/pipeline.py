@@ -15,6 +15,7 @@ from semantic_mapping.config import MapperConfig, config_to_dict
 from semantic_mapping.fusion.outputs import build_labelled_voxels, build_mesh, build_traversability
 from semantic_mapping.fusion.voxel_map import VoxelMap
 from semantic_mapping.geometry import is_rigid_transform
+from semantic_mapping.objects.slots import ObjectSlots
 from semantic_mapping.semantics.bayesian import PixelSemantics
 from semantic_mapping.semantics.label_space import LabelSpace, default_label_space
 from semantic_mapping.splatting.gaussians import GaussianScene
@@ -23,6 +24,7 @@ from semantic_mapping.types import (
     CameraIntrinsics,
     Frame,
     LabelledVoxels,
+    MapObject,
     RenderedView,
     SemanticMesh,
     TraversabilityGrid,
@@ -143,7 +145,10 @@ def validate_frame(frame: Frame, num_classes: int, ignore_id: int, config: Mappe
 class Mapper:
     """Owns the voxel map and the per-stage state; turns frames into a semantic 3D map."""
 
-    def __init__(self, config: Optional[MapperConfig] = None, label_space: Optional[LabelSpace] = None, segmenter=None):
+    def __init__(self, config: Optional[MapperConfig] = None, label_space: Optional[LabelSpace] = None, segmenter=None,
+                 objects_in_background: bool = False):
+        """`objects_in_background`: `integrate` only queues object views; the caller runs `update_objects`
+        (the node does, in its own thread). Otherwise every integrate brings the object slots up to date."""
         self.config = config or MapperConfig()
         self.label_space = label_space or default_label_space()
         self.segmenter = segmenter
@@ -151,6 +156,8 @@ class Mapper:
         self.stats = MapperStats()
         self.voting = self._make_voting()
         self._gaussians: Optional[GaussianScene] = None  # built on first use; follows the map's changed blocks
+        self.object_slots = ObjectSlots(self.config.objects, self.label_space, self.map.device) if self.config.objects.enabled else None
+        self.objects_in_background = objects_in_background
         log.info(
             "mapper: device %s, voxel %.3f m, semantics %s, segmenter %s",
             self.map.device, self.map.voxel_size_m, self.semantics_method,
@@ -218,6 +225,10 @@ class Mapper:
             if semantics is not None:
                 self.voting.observe(self.map, clean)
             self.voting.update(self.map)
+        if self.object_slots is not None:
+            self.object_slots.offer(clean)
+            if not self.objects_in_background:
+                self.update_objects()
         seconds = time.perf_counter() - start
         self.stats.frames_integrated += 1
         self.stats.integrate_seconds_total += seconds
@@ -231,7 +242,12 @@ class Mapper:
 
     # ------------------------------------------------------------------ outputs
     def labelled_voxels(self) -> LabelledVoxels:
-        return build_labelled_voxels(self.map, self.label_space)
+        """Surface voxels with labels, and the object id of the last `extract_objects`."""
+        voxels = build_labelled_voxels(self.map, self.label_space)
+        if self.object_slots is not None and self.object_slots.objects:
+            indices = self.map.voxel_indices(voxels.positions_m)
+            voxels.object_ids = self.object_slots.object_ids(indices).astype(np.int32)
+        return voxels
 
     def mesh(self) -> SemanticMesh:
         return build_mesh(self.map, self.label_space)
@@ -255,6 +271,26 @@ class Mapper:
         """Gaussian-splat render: rgb, class probabilities, labels, depth and opacity in one pass."""
         return self.gaussians().render(intrinsics, T_world_cam, ignore_id=self.label_space.ignore_id)
 
+    def update_objects(self, max_steps: Optional[int] = None) -> int:
+        """Turn queued frames into object views and run the optimisation steps they ask for (at most
+        `max_steps`); returns the steps run. No-op when objects are disabled."""
+        if self.object_slots is None:
+            return 0
+        self.object_slots.prepare(self.map)
+        return self.object_slots.optimise(max_steps)
+
+    def extract_objects(self) -> list[MapObject]:
+        """Objects of the map now (DiscoNeRF slots split into connected parts, stable ids); [] when disabled."""
+        if self.object_slots is None:
+            return []
+        return self.object_slots.extract(self.map)
+
+    def render_objects(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> np.ndarray:
+        """Object id image [H, W] int32 (0 = none) at a camera, from the last `extract_objects`."""
+        if self.object_slots is None:
+            return np.zeros((intrinsics.height_px, intrinsics.width_px), np.int32)
+        return self.object_slots.render_ids(self.map, intrinsics, T_world_cam)
+
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Empty the map and the counters."""
@@ -262,14 +298,21 @@ class Mapper:
         self.stats = MapperStats()
         if self.voting is not None:
             self.voting.reset()
+        if self.object_slots is not None:
+            self.object_slots.reset()
 
     def save(self, path: os.PathLike) -> None:
-        """Write the map to one file atomically."""
-        self.map.save(path, extra_meta={
+        """Write the map to one file atomically, with the objects extracted now."""
+        meta = {
             "label_names": list(self.label_space.names),
             "semantics": config_to_dict(self.config.semantics),
             "last_stamp_ns": self.stats.last_stamp_ns,
-        })
+        }
+        arrays = {}
+        if self.object_slots is not None:
+            self.extract_objects()
+            meta["objects"], arrays = self.object_slots.state()
+        self.map.save(path, extra_meta=meta, extra_arrays=arrays)
 
     @classmethod
     def from_file(cls, path: os.PathLike, config: Optional[MapperConfig] = None) -> "Mapper":
@@ -294,3 +337,8 @@ class Mapper:
         self.stats = MapperStats(last_stamp_ns=meta.get("last_stamp_ns"))
         if self.voting is not None:
             self.voting.reset()  # keyframes and queued voxels belonged to the map replaced
+        if self.object_slots is not None:
+            if "objects" in meta and "objects_keys" in arrays:
+                self.object_slots.load_state(meta["objects"], arrays)
+            else:
+                self.object_slots.reset()

@@ -91,10 +91,13 @@ class LabelledVoxels:
     labels: np.ndarray  # [N] int32 class ids
     confidence: np.ndarray  # [N] float32 probability of the label
     predicted: np.ndarray = field(default=None)  # [N] bool, True where completion predicted it
+    object_ids: np.ndarray = field(default=None)  # [N] int32 object slot id, 0 = no object
 
     def __post_init__(self) -> None:
         if self.predicted is None:
             self.predicted = np.zeros(len(self.labels), dtype=bool)
+        if self.object_ids is None:
+            self.object_ids = np.zeros(len(self.labels), dtype=np.int32)
 
 
 @dataclass
@@ -128,3 +131,45 @@ class RenderedView:
     rgb: np.ndarray  # [H, W, 3] uint8
     labels: np.ndarray  # [H, W] int32, ignore id where no surface
     confidence: np.ndarray  # [H, W] float32
+
+
+@dataclass
+class MapObject:
+    """One object of the map: a connected part of an object slot, with its class and box (world frame)."""
+
+    id: int  # stable across extractions of the same map
+    slot: int  # slot of the field it comes from
+    class_id: int  # most likely class over its voxels, -1 when none of them is labelled
+    class_name: str  # "" when class_id is -1
+    class_confidence: float  # mean probability of class_id over its labelled voxels
+    slot_confidence: float  # mean over its voxels of the highest slot probability (DiscoNeRF §6.1)
+    centroid_m: np.ndarray  # [3] mean voxel centre
+    box_center_m: np.ndarray  # [3] centre of the gravity-aligned oriented box
+    box_quat_xyzw: np.ndarray  # [4] box axes (rotation about z)
+    box_size_m: np.ndarray  # [3] full extents along the box axes
+    voxel_count: int
+    first_seen_ns: int  # stamp of the first view whose masks matched its slot, -1 if none did yet
+    last_seen_ns: int  # stamp of the latest such view
+    observed_fraction: float  # share of its voxels that were observed (not predicted by completion)
+    voxel_indices: np.ndarray  # [n, 3] int64 integer voxel indices
+
+    def summary(self) -> dict:
+        """JSON-ready description (no voxel list)."""
+        return {
+            "id": self.id, "slot": self.slot, "class_id": self.class_id, "class_name": self.class_name,
+            "class_confidence": round(self.class_confidence, 4), "slot_confidence": round(self.slot_confidence, 4),
+            "centroid_m": [round(float(v), 4) for v in self.centroid_m],
+            "box_center_m": [round(float(v), 4) for v in self.box_center_m],
+            "box_quat_xyzw": [round(float(v), 6) for v in self.box_quat_xyzw],
+            "box_size_m": [round(float(v), 4) for v in self.box_size_m],
+            "voxel_count": self.voxel_count, "first_seen_ns": self.first_seen_ns, "last_seen_ns": self.last_seen_ns,
+            "observed_fraction": round(self.observed_fraction, 4),
+        }
+
+    @classmethod
+    def from_summary(cls, summary: dict, voxel_indices: np.ndarray) -> "MapObject":
+        """The object `summary()` described, with its voxels [n, 3]."""
+        fields = dict(summary)
+        for name in ("centroid_m", "box_center_m", "box_quat_xyzw", "box_size_m"):
+            fields[name] = np.asarray(fields[name], np.float64)
+        return cls(**fields, voxel_indices=np.asarray(voxel_indices, np.int64))

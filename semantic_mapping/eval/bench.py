@@ -26,7 +26,7 @@ VOXEL_SIZE_M = 0.04
 NODE_FRAMES = 100
 """Frames the node benchmark streams at 10 Hz (640x480)."""
 NODE_QUICK_FRAMES = 30
-STAGES = ("fusion", "voting", "render", "node")
+STAGES = ("fusion", "voting", "render", "objects", "node")
 """Parts of the suite, in the order they run (`semantic-mapping bench --only`)."""
 
 
@@ -70,7 +70,7 @@ def _map_scene(seed: int, num_frames: int, progress: bool = True) -> dict:
     """Simulate one scene, fuse it with ours and with Open3D's reference, evaluate; raw figures."""
     from tqdm import tqdm
 
-    from semantic_mapping.config import FusionConfig, MapperConfig
+    from semantic_mapping.config import FusionConfig, MapperConfig, ObjectsConfig
     from semantic_mapping.eval.mapping_eval import FrameSegmentationTally, SurfaceVisibility, evaluate_map
     from semantic_mapping.eval.metrics import instance_iou
     from semantic_mapping.pipeline import Mapper
@@ -78,7 +78,7 @@ def _map_scene(seed: int, num_frames: int, progress: bool = True) -> dict:
     from semantic_mapping.sim.sequence import simulate
 
     recording = simulate(seed, num_frames=num_frames)
-    config = MapperConfig(fusion=FusionConfig(voxel_size_m=VOXEL_SIZE_M, device="cpu"))
+    config = MapperConfig(fusion=FusionConfig(voxel_size_m=VOXEL_SIZE_M, device="cpu"), objects=ObjectsConfig(enabled=False))
     visibility = SurfaceVisibility(voxelize_surface(recording.mesh, VOXEL_SIZE_M), config.fusion.depth_max_m)
     mapper = Mapper(config)
     reference = _open3d_reference_integrate(VOXEL_SIZE_M, config.fusion.sdf_trunc_voxels, config.fusion.depth_max_m)
@@ -125,13 +125,13 @@ def _peak_rss_mb() -> float:
 
 def _peak_memory_child(seed: int, num_frames: int) -> None:
     """Entry point of the peak-memory child: simulate and map one scene, print peak RSS (MB) as JSON."""
-    from semantic_mapping.config import FusionConfig, MapperConfig
+    from semantic_mapping.config import FusionConfig, MapperConfig, ObjectsConfig
     from semantic_mapping.pipeline import Mapper
     from semantic_mapping.sim.sequence import simulate
 
     baseline_mb = _peak_rss_mb()
     recording = simulate(seed, num_frames=num_frames)
-    mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=VOXEL_SIZE_M, device="cpu")))
+    mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=VOXEL_SIZE_M, device="cpu"), objects=ObjectsConfig(enabled=False)))
     for frame in recording.frames(masks=False):
         mapper.integrate(frame)
     peak_mb = _peak_rss_mb()
@@ -148,6 +148,7 @@ def _peak_memory(seed: int, num_frames: int) -> dict:
 
 def collect_figures(quick: bool = False, progress: bool = True, only: tuple = STAGES) -> list:
     """Run the suite (the stages in `only`) and return its figures."""
+    from semantic_mapping.eval.objects_bench import objects_figures
     from semantic_mapping.eval.render_bench import render_figures
     from semantic_mapping.eval.voting_bench import voting_figures
     from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
@@ -161,6 +162,8 @@ def collect_figures(quick: bool = False, progress: bool = True, only: tuple = ST
         figures += voting_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
     if "render" in only:
         figures += render_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
+    if "objects" in only:
+        figures += objects_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
     if "node" in only:
         figures += node_figures(quick)
     for f in figures:
@@ -258,6 +261,15 @@ def format_table(figures: list) -> str:
             ref = f"{f.detail['gaussians']} Gaussians, our renderer on {f.detail['threads']} CPU threads"
         elif f.name == "render.fps_gpu_640x480":
             ref = f"gsplat, {f.detail['gaussians']} Gaussians, {f.detail['device']}"
+        elif f.name in ("objects.iou", "objects.bd", "objects.sbd"):
+            d = f.detail
+            ref = f"masks {d['masks']:.4f}, no matching {d['no_matching']:.4f}, no L_TV {d['no_tv']:.4f}"
+        elif f.name == "objects.instance_recall":
+            d = f.detail
+            ref = (f"{d['matched']} of {d['evaluated']} instances >= {d['min_instance_voxels']} voxels; "
+                   f"{d['merged']} merged, {d['split']} split; {d['objects']} objects")
+        elif f.name == "objects.ms_per_step":
+            ref = f"view prepared in {f.detail['ms_per_view_prepare']:.0f} ms (raycast + masks), CPU"
         elif f.name == "voting.voxels_per_s":
             ref = f"{f.detail['voxels_per_keyframe']:.0f} voxels per keyframe, CPU"
         lines.append(f"{f.name:34s} {f.value:12.4f}  {f.unit:8s}  {ref}")

@@ -354,3 +354,95 @@ def symmetric_best_dice(P: np.ndarray, G: np.ndarray, ignore_zero: bool = True) 
     """SBD(P, G) = min(BD(P, G), BD(G, P)); P, G: [H, W] instance ids as in `best_dice`."""
     inter, area_p, area_g = _overlap_table(P, G, ignore_zero, ignore_zero)
     return min(_best_dice_from_table(inter, area_p, area_g), _best_dice_from_table(inter.T, area_g, area_p))
+
+
+def _dense_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zero ids -> 0..K-1 in sorted id order, id 0 -> K; returns (index [N] int64, labels [K])."""
+    labels, inverse = np.unique(ids, return_inverse=True)  # labels sorted
+    inverse = inverse.reshape(-1).astype(np.int64)
+    has_zero = labels.size > 0 and np.any(labels == 0)
+    if has_zero:
+        z = int(np.searchsorted(labels, 0))
+        labels = np.delete(labels, z)
+        # shift ids after the zero down by one, send zero to the end (K)
+        inverse = np.where(inverse == z, labels.size, inverse - (inverse > z))
+    return inverse, labels.astype(np.int64)
+
+
+def instance_recall(
+    gt_instance: np.ndarray, pred_object: np.ndarray, min_voxels: int, iou_threshold: float = 0.5
+) -> dict:
+    """Recall of ground-truth instances by predicted objects over the same N voxels.
+
+    gt_instance [N] int (0 = not an evaluated instance), pred_object [N] int (0 = no object).
+    Instances with >= min_voxels voxels are evaluated. One is 'matched' when exactly one object has
+    3D IoU |g n p| / |g u p| >= iou_threshold with it (|p| counts all N voxels of object p).
+    Unmatched instances are 'merged' when the object covering most of them covers >= 50% of them
+    and >= 50% of another evaluated instance, else 'split' when >= 2 objects each cover >= 20% of
+    them, else 'missed'.
+    Returns {'recall': matched / evaluated (NaN if none), 'evaluated', 'matched', 'merged', 'split',
+    'per_instance': [{'gt', 'voxels', 'best_object', 'best_iou', 'status'}] in gt id order}.
+    """
+    gt = np.asarray(gt_instance).reshape(-1)  # [N]
+    pred = np.asarray(pred_object).reshape(-1)  # [N]
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt_instance has {gt.size} voxels, pred_object {pred.size}")
+    gi, gt_labels = _dense_index(gt)  # [N] in 0..G (G = none)
+    pi, obj_labels = _dense_index(pred)  # [N] in 0..P (P = none)
+    G, P = gt_labels.size, obj_labels.size
+    gt_size = np.bincount(gi, minlength=G + 1)[:G]  # [G]
+    obj_size = np.bincount(pi, minlength=P + 1)[:P]  # [P]
+
+    # sparse overlap table: one entry per (instance, object) pair that shares voxels
+    both = (gi < G) & (pi < P)
+    pair, inter = np.unique(gi[both] * P + pi[both], return_counts=True)  # [E]
+    eg, ep = pair // max(P, 1), pair % max(P, 1)  # [E] instance / object index
+    iou = inter / (gt_size[eg] + obj_size[ep] - inter)  # [E]
+    cover = inter / gt_size[eg]  # [E] fraction of the instance inside the object
+
+    evaluated = gt_size >= min_voxels  # [G]
+    n_above = np.bincount(eg[iou >= iou_threshold], minlength=G)  # [G]
+    matched = evaluated & (n_above == 1)
+
+    # best object by IoU (reported) and by overlap (merge rule); stable on ties -> lowest object id
+    best_iou = np.zeros(G)
+    best_iou_obj = np.full(G, -1)
+    best_cov = np.zeros(G)
+    best_cov_obj = np.full(G, -1)
+    if eg.size:
+        order = np.lexsort((ep, -iou, eg))  # by instance, then IoU descending
+        first = order[np.r_[True, eg[order][1:] != eg[order][:-1]]]
+        best_iou[eg[first]], best_iou_obj[eg[first]] = iou[first], ep[first]
+        order = np.lexsort((ep, -inter, eg))
+        first = order[np.r_[True, eg[order][1:] != eg[order][:-1]]]
+        best_cov[eg[first]], best_cov_obj[eg[first]] = cover[first], ep[first]
+
+    half = (cover >= 0.5) & evaluated[eg]
+    n_half = np.bincount(ep[half], minlength=P + 1)  # [P+1] evaluated instances each object half-covers
+    n_half[P] = 0  # slot for "no object" (best_cov_obj == -1)
+    best_cov_slot = np.where(best_cov_obj >= 0, best_cov_obj, P)  # [G]
+    merged = evaluated & ~matched & (best_cov >= 0.5) & (n_half[best_cov_slot] >= 2)
+    n_fifth = np.bincount(eg[cover >= 0.2], minlength=G)  # [G]
+    split = evaluated & ~matched & ~merged & (n_fifth >= 2)
+
+    per_instance = []
+    for g in np.flatnonzero(evaluated):
+        status = "matched" if matched[g] else "merged" if merged[g] else "split" if split[g] else "missed"
+        per_instance.append(
+            {
+                "gt": int(gt_labels[g]),
+                "voxels": int(gt_size[g]),
+                "best_object": int(obj_labels[best_iou_obj[g]]) if best_iou_obj[g] >= 0 else 0,
+                "best_iou": float(best_iou[g]),
+                "status": status,
+            }
+        )
+    n_eval = int(evaluated.sum())
+    return {
+        "recall": float(matched.sum() / n_eval) if n_eval else float("nan"),
+        "evaluated": n_eval,
+        "matched": int(matched.sum()),
+        "merged": int(merged.sum()),
+        "split": int(split.sum()),
+        "per_instance": per_instance,
+    }

@@ -63,14 +63,14 @@ def render_scene(seed: int, num_frames: int, voxel_size_m: float, progress: bool
     """Map scene `seed` without its held-out frames, render at them; raw figures."""
     from tqdm import tqdm
 
-    from semantic_mapping.config import FusionConfig, MapperConfig
+    from semantic_mapping.config import FusionConfig, MapperConfig, ObjectsConfig
     from semantic_mapping.eval.metrics import confusion_matrix
     from semantic_mapping.pipeline import Mapper
     from semantic_mapping.sim.sequence import simulate
     from semantic_mapping.splatting.gaussians import GaussianScene
 
     recording = simulate(seed, num_frames=num_frames)
-    mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=voxel_size_m, device="cpu")))
+    mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=voxel_size_m, device="cpu"), objects=ObjectsConfig(enabled=False)))
     C, ignore = mapper.label_space.num_classes, mapper.label_space.ignore_id
     held, successor = {}, {}  # index -> frame; held index -> the next frame (segmenter labels, true depth, pose)
     for i in tqdm(range(len(recording)), desc=f"render scene {seed}", unit="frame", file=sys.stderr,

@@ -33,7 +33,7 @@ def _mapper(variant: str, voxel_size_m: float):
     from semantic_mapping.config import load_config
     from semantic_mapping.pipeline import Mapper
 
-    overrides = {"fusion": {"voxel_size_m": voxel_size_m, "device": "cpu"}, **VARIANTS[variant]}
+    overrides = {"fusion": {"voxel_size_m": voxel_size_m, "device": "cpu"}, "objects": {"enabled": False}, **VARIANTS[variant]}
     mapper = Mapper(load_config(None, overrides))
     if mapper.semantics_method != overrides["semantics"]["method"]:
         raise RuntimeError(f"variant {variant}: the voting weights did not load (see the error above)")

@@ -604,8 +604,9 @@ class VoxelMap:
                 target, values = target.view(torch.int16), values.view(torch.int16)
             target[buf_t] = values.to(target.device)
 
-    def save(self, path: os.PathLike, extra_meta: Optional[dict] = None) -> None:
-        """Write the whole map to one .npz file atomically (no pickled objects)."""
+    def save(self, path: os.PathLike, extra_meta: Optional[dict] = None, extra_arrays: Optional[dict] = None) -> None:
+        """Write the whole map (plus `extra_arrays`, names not starting with attr_) to one .npz file
+        atomically (no pickled objects)."""
         meta = {
             "format": MAP_FORMAT,
             "version": MAP_FORMAT_VERSION,
@@ -614,7 +615,7 @@ class VoxelMap:
             "fusion": config_to_dict(self.config),
             **(extra_meta or {}),
         }
-        arrays = self.state_arrays()
+        arrays = {**(extra_arrays or {}), **self.state_arrays()}
         arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         atomic_save_npz(path, arrays)
 

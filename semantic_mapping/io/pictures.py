@@ -60,3 +60,36 @@ def frame_contact_sheet(frames: list, label_space: LabelSpace, tile_width_px: in
     for r in rows:
         r.extend([np.zeros_like(r[0])] * (width - len(r)))
     return grid_of(rows)
+
+
+def objects_top_down(voxels, objects: list, label_space: LabelSpace, voxel_size_m: float,
+                     pixels_per_voxel: int = 4) -> np.ndarray:
+    """Top-down picture of labelled voxels (`LabelledVoxels` with object_ids): left coloured by object,
+    right by class; each object's box outlined and captioned "#id class". [H, W, 3] uint8."""
+    if len(voxels.positions_m) == 0:
+        return labelled(np.zeros((240, 320, 3), np.uint8), "empty map")
+    cells = np.round(voxels.positions_m[:, :2] / voxel_size_m).astype(np.int64)  # [N, 2] x, y
+    lo = cells.min(axis=0) - 2
+    size = cells.max(axis=0) - lo + 3
+    order = np.argsort(voxels.positions_m[:, 2])  # higher voxels drawn last, so they show
+    col, row = cells[order, 0] - lo[0], size[1] - 1 - (cells[order, 1] - lo[1])  # image y grows to -y
+    ids = voxels.object_ids[order]
+    by_object = np.zeros((size[1], size[0], 3), np.uint8)
+    by_object[row, col] = np.where(ids[:, None] > 0, instance_image(ids), 60)
+    by_class = np.zeros_like(by_object)
+    by_class[row, col] = label_space.colorize(voxels.labels[order])
+    scale = pixels_per_voxel
+    tiles = [cv2.resize(img, (size[0] * scale, size[1] * scale), interpolation=cv2.INTER_NEAREST)
+             for img in (by_object, by_class)]
+    for obj in objects:
+        yaw = 2.0 * np.arctan2(obj.box_quat_xyzw[2], obj.box_quat_xyzw[3])
+        corners = np.array([[sx, sy] for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]) * obj.box_size_m[:2] / 2
+        R = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+        xy = (corners @ R.T + obj.box_center_m[:2]) / voxel_size_m  # [4, 2] in voxels
+        pts = np.stack([(xy[:, 0] - lo[0] + 0.5) * scale, (size[1] - 1 - (xy[:, 1] - lo[1]) + 0.5) * scale], 1)
+        text = f"#{obj.id} {obj.class_name or '?'}"
+        anchor = (int(pts[:, 0].min()), max(int(pts[:, 1].min()) - 3, 10))
+        for tile in tiles:
+            cv2.polylines(tile, [pts.astype(np.int32)], True, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(tile, text, anchor, cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    return grid_of([[labelled(tiles[0], "objects (top-down)"), labelled(tiles[1], "classes (top-down)")]])

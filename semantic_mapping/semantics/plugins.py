@@ -39,7 +39,10 @@ class MaskGenerator(Protocol):
 
 
 _SEGMENTERS: dict[str, Factory] = {"simulated": "semantic_mapping.sim.segmenter:SimulatedSegmenter"}
-_MASK_GENERATORS: dict[str, Factory] = {"simulated": "semantic_mapping.sim.masks:SimulatedMaskGenerator"}
+_MASK_GENERATORS: dict[str, Factory] = {
+    "simulated": "semantic_mapping.sim.masks:SimulatedMaskGenerator",
+    "geometric": "semantic_mapping.objects.geometric_masks:GeometricMaskGenerator",
+}
 
 
 def register_segmenter(name: str, factory: Factory) -> None:

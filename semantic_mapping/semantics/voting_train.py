@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semantic_mapping.atomic_files import atomic_write_text
-from semantic_mapping.config import FusionConfig, KeyframeConfig, MapperConfig, config_to_dict
+from semantic_mapping.config import FusionConfig, KeyframeConfig, MapperConfig, ObjectsConfig, config_to_dict
 from semantic_mapping.semantics.label_space import default_label_space
 from semantic_mapping.semantics.voting import VotingNet, sample_maps, save_checkpoint
 from semantic_mapping.semantics.voting_data import SceneData, TrainingDataConfig, prepare_scene
@@ -146,7 +146,7 @@ def run_training(out_path, train_seeds: list, val_seeds: list, data: TrainingDat
         raise ValueError(f"seeds {held_out} are benchmark seeds, held out from training; use development seeds (0-999)")
     out_path = Path(out_path)
     start = time.perf_counter()
-    mapper_config = MapperConfig(fusion=FusionConfig(voxel_size_m=voxel_size_m, device="cpu"))
+    mapper_config = MapperConfig(fusion=FusionConfig(voxel_size_m=voxel_size_m, device="cpu"), objects=ObjectsConfig(enabled=False))
     keyframes = KeyframeConfig()
     scenes, val_scenes = [], []
     for seed in tqdm(train_seeds + val_seeds, desc="preparing scenes", unit="scene", file=sys.stderr):

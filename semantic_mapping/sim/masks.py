@@ -89,6 +89,45 @@ def _overlap(masks: np.ndarray, boxes: list, i: int, j: int) -> int:
     return int(np.count_nonzero(masks[i, y0:y1, x0:x1] & masks[j, y0:y1, x0:x1]))
 
 
+def ground_truth_segments(frame: Frame, label_space: LabelSpace, depth_m: Optional[np.ndarray] = None,
+                          stuff_masks: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth segments [H, W] int32 (0 = none, 1..S) and is_object [S + 1] bool of a frame.
+
+    Each object instance is a segment. Floor and structure surfaces (when `stuff_masks`) are split
+    by instance, class, dominant axis of the world normal and connected component, so that each
+    wall plane is its own segment. `depth_m` defaults to the true depth (else the frame's).
+    """
+    gt = require_ground_truth(frame, "ground_truth_segments")
+    if depth_m is None:
+        depth_m = np.asarray(gt.depth_m if gt.depth_m is not None else frame.depth_m, np.float32)
+    instances = gt.instances
+    labels = gt.labels
+    C = label_space.num_classes
+    valid = (labels >= 0) & (labels < C) & (depth_m > 0)
+    object_class = np.array([r == "object" for r in label_space.roles])  # [C]
+    is_object_px = valid & object_class[np.where(valid, labels, 0)] & (instances > 0)
+    present = np.flatnonzero(np.bincount(instances[is_object_px], minlength=1))
+    lookup = np.zeros(int(instances.max(initial=0)) + 1, np.int32)
+    lookup[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    segments = np.where(is_object_px, lookup[np.maximum(instances, 0)], 0).astype(np.int32)
+    S = len(present)
+    stuff = valid & ~is_object_px
+    if stuff_masks and stuff.any():
+        key = (np.maximum(instances, 0).astype(np.int64) * C + labels) * 6
+        if gt.normals_cam is not None:
+            normals_world = gt.normals_cam @ frame.T_world_cam[:3, :3].T  # [H, W, 3]
+            axis = np.abs(normals_world).argmax(axis=-1)
+            positive = np.take_along_axis(normals_world, axis[..., None], -1)[..., 0] > 0
+            key += axis * 2 + positive
+        for k in np.unique(key[stuff]):
+            n, comp = cv2.connectedComponents((stuff & (key == k)).astype(np.uint8), connectivity=4)
+            segments = np.where(comp > 0, comp + S, segments).astype(np.int32)
+            S += n - 1
+    is_object = np.zeros(S + 1, bool)
+    is_object[1 : len(present) + 1] = True
+    return segments, is_object
+
+
 class SimulatedMaskGenerator:
     """Mask-generator plugin that imitates SAM's automatic masks from a frame's ground truth."""
 
@@ -108,7 +147,7 @@ class SimulatedMaskGenerator:
         rng = np.random.default_rng([self.seed, _SALT_MASKS, frame.stamp_ns % 2**63])
         H, W = gt.instances.shape
         depth_m = np.asarray(gt.depth_m if gt.depth_m is not None else frame.depth_m, np.float32)  # [H, W]
-        segments, is_object = self._segments(frame, depth_m)  # [H, W] 0..S, [S + 1] bool
+        segments, is_object = ground_truth_segments(frame, self.label_space, depth_m, cfg.stuff_masks)  # [H, W] 0..S, [S + 1] bool
         S = len(is_object) - 1
         area = np.bincount(segments.ravel(), minlength=S + 1).astype(np.float64) / (H * W)  # [S + 1]
 
@@ -152,41 +191,6 @@ class SimulatedMaskGenerator:
         return relabel[ids]
 
     # ------------------------------------------------------------------ pieces
-    def _segments(self, frame: Frame, depth_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Ground-truth segments [H, W] int32 (0 = none, 1..S) and is_object [S + 1] bool.
-
-        Each object instance is a segment. Floor and structure surfaces (when `stuff_masks`) are
-        split by instance, class, dominant axis of the world normal and connected component, so
-        that each wall plane is its own segment.
-        """
-        gt = frame.ground_truth
-        instances = gt.instances
-        labels = gt.labels
-        C = self.label_space.num_classes
-        valid = (labels >= 0) & (labels < C) & (depth_m > 0)
-        object_class = np.array([r == "object" for r in self.label_space.roles])  # [C]
-        is_object_px = valid & object_class[np.where(valid, labels, 0)] & (instances > 0)
-        present = np.flatnonzero(np.bincount(instances[is_object_px], minlength=1))
-        lookup = np.zeros(int(instances.max(initial=0)) + 1, np.int32)
-        lookup[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-        segments = np.where(is_object_px, lookup[np.maximum(instances, 0)], 0).astype(np.int32)
-        S = len(present)
-        stuff = valid & ~is_object_px
-        if self.config.stuff_masks and stuff.any():
-            key = (np.maximum(instances, 0).astype(np.int64) * C + labels) * 6
-            if gt.normals_cam is not None:
-                normals_world = gt.normals_cam @ frame.T_world_cam[:3, :3].T  # [H, W, 3]
-                axis = np.abs(normals_world).argmax(axis=-1)
-                positive = np.take_along_axis(normals_world, axis[..., None], -1)[..., 0] > 0
-                key += axis * 2 + positive
-            for k in np.unique(key[stuff]):
-                n, comp = cv2.connectedComponents((stuff & (key == k)).astype(np.uint8), connectivity=4)
-                segments = np.where(comp > 0, comp + S, segments).astype(np.int32)
-                S += n - 1
-        is_object = np.zeros(S + 1, bool)
-        is_object[1 : len(present) + 1] = True
-        return segments, is_object
-
     def _touching_pairs(self, segments: np.ndarray, depth_m: np.ndarray, eligible: np.ndarray) -> np.ndarray:
         """[P, 2] sorted pairs of eligible segments that touch in 3D (adjacent pixels at similar depth)."""
         codes = []

@@ -1,0 +1,290 @@
+"""Object-slot field (DiscoNeRF §3) over the voxel map.
+
+Each surface voxel a view has seen holds a learnable feature h (§3.2); a small MLP decodes it to N
+competing object slots with a softmax, o(x). A view's slot images O_n are the slot probabilities of
+the voxels its pixels hit (the map raycast at the view). Per view, the affinity of every mask M_m
+with every slot image is the soft IoU Σ min / Σ max (Eq. 4); the Hungarian matching γ over it
+(computed without gradients) gives the matching loss (Eq. 5) and the false-positive loss (Eq. 6);
+total variation over neighbouring voxel features (Eq. 7) regularises the field.
+N = max(min_slots, 2 x the most masks seen in one view) and grows when a view brings more masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from semantic_mapping.config import ObjectsConfig
+from semantic_mapping.fusion.voxel_map import pack_indices, unpack_indices
+
+_FACE_STEPS = np.eye(3, dtype=np.int64)  # +x, +y, +z neighbours for the TV pairs
+_INIT_FEATURE_STD = 0.5  # spread of the features of voxels with no known neighbour
+_MATCH_MIN_AFFINITY = 0.3  # a slot counts as seen in a view when its matched mask has this affinity
+
+
+@dataclass
+class ObjectView:
+    """One view's masks over the pixels that hit the map."""
+
+    rows: torch.Tensor  # [P] int64 field rows of the pixels' voxels
+    masks: torch.Tensor  # [K, P] float32 binary masks
+    stamp_ns: int
+
+
+def soft_iou_affinity(masks: torch.Tensor, slot_probs: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: α[m, n] = Σ_p min(O_n, M_m) / Σ_p max(O_n, M_m) for binary masks [K, P] and slot images [P, N]."""
+    inter = masks @ slot_probs  # [K, N] Σ M·O = Σ min for binary M
+    union = masks.sum(1, keepdim=True) + slot_probs.sum(0, keepdim=True) - inter  # Σ max = M + O - M·O
+    return inter / union.clamp_min(1e-9)
+
+
+def match_masks(affinity: np.ndarray, method: str = "hungarian") -> np.ndarray:
+    """Slot of each mask [K] int64 from the affinity [K, N]: the Hungarian matching (one slot per mask)
+    or, for the ablation, each mask's best slot independently ('argmax')."""
+    if method == "hungarian":
+        masks_idx, slots = linear_sum_assignment(affinity, maximize=True)
+        out = np.empty(affinity.shape[0], np.int64)
+        out[masks_idx] = slots
+        return out
+    if method == "argmax":
+        return affinity.argmax(axis=1)
+    raise ValueError(f"objects.matching must be 'hungarian' or 'argmax', got {method!r}")
+
+
+def slot_losses(masks: torch.Tensor, slot_probs: torch.Tensor, slot_of_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 5 and 6, per pixel: (L_γ, L_FP) for masks [K, P], slot images [P, N] and the matching [K]."""
+    matched = slot_probs[:, slot_of_mask].T  # [K, P] O_γ(m)
+    loss_match = ((masks - matched) ** 2).mean(dim=1).mean()
+    # Σ_{n≠γ(m)} (M_m O_n)^2 = M_m (Σ_n O_n^2 - O_γ(m)^2) for binary M
+    others = (slot_probs**2).sum(dim=1)[None, :] - matched**2  # [K, P]
+    loss_fp = (masks * others).mean(dim=1).mean()
+    return loss_match, loss_fp
+
+
+class _FeatureTable:
+    """Learnable features of the cells of one resolution level, keyed by packed cell indices."""
+
+    def __init__(self, dim: int, device: torch.device):
+        self.keys = np.zeros(0, np.int64)  # [V] packed cell indices, row order
+        self.sorted = np.zeros(0, np.int64)  # [V] rows ordered by key, for lookups
+        self.features = torch.zeros(0, dim, device=device, requires_grad=True)  # [V, F]
+        self.tv_pairs = torch.zeros(0, 2, dtype=torch.int64, device=device)  # [E, 2] rows of face neighbours
+
+    def find(self, keys: np.ndarray) -> np.ndarray:  # [N] int64 rows, -1 = none
+        if len(self.keys) == 0:
+            return np.full(len(keys), -1, np.int64)
+        sorted_keys = self.keys[self.sorted]
+        pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+        return np.where(sorted_keys[pos] == keys, self.sorted[pos], -1)
+
+    def add(self, cells: np.ndarray, std: float, gen: torch.Generator) -> Optional[tuple]:
+        """Add the cells [N, 3] not yet in the table. A new cell starts from the mean feature of its face
+        neighbours already in the table (so known objects extend), else at random with `std`.
+        Returns (old parameter, new parameter) when the table grew, else None."""
+        keys = pack_indices(cells)
+        new_keys, first = np.unique(keys[self.find(keys) < 0], return_index=True)
+        if len(new_keys) == 0:
+            return None
+        new_cells = cells[self.find(keys) < 0][first]
+        F = self.features.shape[1]
+        init = torch.randn(len(new_keys), F, generator=gen) * std
+        known_sum, known_count = torch.zeros(len(new_keys), F), torch.zeros(len(new_keys), 1)
+        with torch.no_grad():
+            for step in np.concatenate([_FACE_STEPS, -_FACE_STEPS]):
+                nb = self.find(pack_indices(new_cells + step))
+                hit = nb >= 0
+                known_sum[hit] += self.features[torch.from_numpy(nb[hit])].cpu()
+                known_count[hit] += 1
+        init = torch.where(known_count > 0, known_sum / known_count.clamp_min(1), init)
+        old = self.features
+        self.features = torch.cat([old.detach(), init.to(old.device)]).requires_grad_(True)
+        self.keys = np.concatenate([self.keys, new_keys])
+        self.sorted = np.argsort(self.keys, kind="stable")
+        all_cells = unpack_indices(self.keys)
+        pairs = []
+        for step in _FACE_STEPS:
+            nb = self.find(pack_indices(all_cells + step))
+            pairs.append(np.stack([np.flatnonzero(nb >= 0), nb[nb >= 0]], 1))
+        self.tv_pairs = torch.from_numpy(np.concatenate(pairs)).to(old.device)
+        return old, self.features
+
+    def tv(self) -> torch.Tensor:
+        """Eq. 7 over this level, averaged over neighbour pairs."""
+        if len(self.tv_pairs) == 0:
+            return torch.zeros((), device=self.features.device)
+        a, b = self.tv_pairs[:, 0], self.tv_pairs[:, 1]
+        return ((self.features[a] - self.features[b]) ** 2).sum(dim=1).mean()
+
+
+class SlotField:
+    """Multi-resolution voxel features + slot decoder, fitted to the masks of the views it is given.
+
+    A voxel's feature is the sum of the features of the cells holding it at `feature_levels`
+    resolutions (1, 2, 4, ... voxels per cell edge): coarse cells share a feature among neighbouring
+    voxels, as the hash grid of DiscoNeRF §3.2 does, fine cells add detail."""
+
+    def __init__(self, config: ObjectsConfig, device: torch.device | str = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self._rng = np.random.default_rng(config.seed)
+        self._gen = torch.Generator().manual_seed(config.seed)
+        F, Hd = config.feature_dim, config.hidden_dim
+        self.levels = [_FeatureTable(F, self.device) for _ in range(max(1, config.feature_levels))]
+        self.keys = np.zeros(0, np.int64)  # [V] packed voxel indices of the field's voxels, row order
+        self._level_rows = np.zeros((0, len(self.levels)), np.int64)  # [V, L] row of each voxel's cell per level
+        self.hidden = torch.nn.Linear(F, Hd).to(self.device)
+        self.head = torch.nn.Linear(Hd, config.min_slots).to(self.device)
+        with torch.no_grad():
+            for layer in (self.hidden, self.head):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=self._gen) * (1.0 / np.sqrt(layer.in_features)))
+                layer.bias.zero_()
+        self._optimizer = torch.optim.Adam(
+            [t.features for t in self.levels] + [*self.hidden.parameters(), *self.head.parameters()],
+            lr=config.learning_rate)
+        self.views: list[ObjectView] = []
+        self.slot_first_seen_ns = np.full(config.min_slots, -1, np.int64)  # [N] stamps, -1 = never matched
+        self.slot_last_seen_ns = np.full(config.min_slots, -1, np.int64)
+        self.steps = 0
+        self.last_losses: dict = {}
+
+    @property
+    def num_slots(self) -> int:
+        return self.head.out_features
+
+    @property
+    def num_voxels(self) -> int:
+        return len(self.keys)
+
+    # ------------------------------------------------------------------ rows
+    def rows_of(self, voxel_indices: np.ndarray) -> np.ndarray:  # [N] int64, -1 = none
+        """Field rows of integer voxel indices [N, 3]."""
+        return self.levels[0].find(pack_indices(np.asarray(voxel_indices, np.int64).reshape(-1, 3)))
+
+    def add_voxels(self, voxel_indices: np.ndarray) -> np.ndarray:  # [N] int64 rows
+        """Rows of voxels [N, 3], adding those not yet in the field."""
+        idx = np.asarray(voxel_indices, np.int64).reshape(-1, 3)
+        std = _INIT_FEATURE_STD / np.sqrt(len(self.levels))
+        for level, table in enumerate(self.levels):
+            grown = table.add(idx >> level, std, self._gen)
+            if grown is not None:
+                self._swap_parameter(*grown)
+        self.keys = self.levels[0].keys
+        self._level_rows = np.stack([t.find(pack_indices(unpack_indices(self.keys) >> level))
+                                     for level, t in enumerate(self.levels)], 1)
+        return self.rows_of(idx)
+
+    def voxel_features(self, rows: torch.Tensor) -> torch.Tensor:  # [P, F]
+        """Feature of field rows [P]: the sum over levels of their cells' features."""
+        level_rows = torch.from_numpy(self._level_rows).to(self.device)[rows]  # [P, L]
+        return sum(t.features[level_rows[:, level]] for level, t in enumerate(self.levels))
+
+    def _grow_slots(self, num_slots: int) -> None:
+        """More output slots; existing slots keep their probabilities' ranking, new ones start unlikely."""
+        old_w, old_b = self.head.weight, self.head.bias
+        extra = num_slots - self.num_slots
+        head = torch.nn.Linear(self.head.in_features, num_slots).to(self.device)
+        with torch.no_grad():
+            head.weight.copy_(torch.cat([old_w, torch.randn(extra, old_w.shape[1], generator=self._gen).to(self.device)
+                                         * (1.0 / np.sqrt(old_w.shape[1]))]))
+            head.bias.copy_(torch.cat([old_b, torch.full((extra,), float(old_b.mean()), device=self.device)]))
+        self._swap_parameter(old_w, head.weight)
+        self._swap_parameter(old_b, head.bias)
+        self.head = head
+        pad = np.full(extra, -1, np.int64)
+        self.slot_first_seen_ns = np.concatenate([self.slot_first_seen_ns, pad])
+        self.slot_last_seen_ns = np.concatenate([self.slot_last_seen_ns, pad])
+
+    def _swap_parameter(self, old: torch.Tensor, new: torch.Tensor) -> None:
+        """Put `new` in the optimiser in place of `old`, keeping Adam's moments (zero for the new rows)."""
+        group = self._optimizer.param_groups[0]
+        position = next(i for i, p in enumerate(group["params"]) if p is old)
+        group["params"][position] = new
+        state = self._optimizer.state.pop(old, None)
+        if state:
+            grown = {}
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == old.shape:
+                    value = torch.cat([value, torch.zeros((new.shape[0] - old.shape[0], *old.shape[1:]),
+                                                          dtype=value.dtype, device=value.device)])
+                grown[name] = value
+            self._optimizer.state[new] = grown
+
+    # ------------------------------------------------------------------ views
+    def add_view(self, voxel_indices: np.ndarray, mask_ids: np.ndarray, stamp_ns: int) -> bool:
+        """A view: the voxels [P, 3] its surface pixels hit and their mask ids [P] (0 = no mask).
+        Returns False (and keeps nothing) when no mask covers a pixel."""
+        ids = np.asarray(mask_ids).reshape(-1)
+        present = np.unique(ids[ids > 0])
+        if len(present) == 0:
+            return False
+        if 2 * len(present) > self.num_slots:
+            self._grow_slots(2 * len(present))
+        rows = self.add_voxels(voxel_indices)
+        masks = torch.from_numpy(ids[None, :] == present[:, None]).float().to(self.device)  # [K, P]
+        self.views.append(ObjectView(torch.from_numpy(rows).to(self.device), masks, int(stamp_ns)))
+        if len(self.views) > self.config.max_views:
+            self.views.pop(0)
+        return True
+
+    # ------------------------------------------------------------------ fitting
+    def slot_probabilities(self, rows: torch.Tensor) -> torch.Tensor:  # [P, N]
+        """o(x) of field rows [P]: softmax over slots of the decoded features."""
+        return torch.softmax(self.head(torch.relu(self.hidden(self.voxel_features(rows)))), dim=1)
+
+    def optimise(self, steps: int) -> None:
+        """`steps` Adam steps, each over the newest view and `batch_views - 1` random older ones."""
+        cfg = self.config
+        if not self.views:
+            return
+        for _ in range(steps):
+            n = len(self.views)
+            others = self._rng.permutation(n - 1)[: cfg.batch_views - 1] if n > 1 else np.zeros(0, np.int64)
+            batch = [self.views[-1]] + [self.views[i] for i in others]
+            loss_match = loss_fp = torch.zeros((), device=self.device)
+            for view in batch:
+                probs = self.slot_probabilities(view.rows)  # [P, N]
+                with torch.no_grad():
+                    affinity = soft_iou_affinity(view.masks, probs).cpu().numpy()  # [K, N]
+                slot_of_mask = match_masks(affinity, cfg.matching)
+                self._record_seen(slot_of_mask, affinity, view.stamp_ns)
+                lm, lf = slot_losses(view.masks, probs, torch.from_numpy(slot_of_mask).to(self.device))
+                loss_match = loss_match + lm / len(batch)
+                loss_fp = loss_fp + lf / len(batch)
+            loss = loss_match + cfg.lambda_fp * loss_fp
+            loss_tv = torch.zeros((), device=self.device)
+            if cfg.lambda_tv > 0:
+                loss_tv = sum(t.tv() for t in self.levels)
+                loss = loss + cfg.lambda_tv * loss_tv
+            self._optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self._optimizer.step()
+            self.steps += 1
+            self.last_losses = {"match": loss_match.item(), "fp": loss_fp.item(), "tv": loss_tv.item()}
+
+    def _record_seen(self, slot_of_mask: np.ndarray, affinity: np.ndarray, stamp_ns: int) -> None:
+        good = slot_of_mask[affinity[np.arange(len(slot_of_mask)), slot_of_mask] >= _MATCH_MIN_AFFINITY]
+        first = self.slot_first_seen_ns[good]
+        self.slot_first_seen_ns[good] = np.where(first < 0, stamp_ns, np.minimum(first, stamp_ns))
+        self.slot_last_seen_ns[good] = np.maximum(self.slot_last_seen_ns[good], stamp_ns)
+
+    @torch.no_grad()
+    def voxel_slots(self, rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(slot [V] int64, max slot probability [V] float32) of field rows (default: all)."""
+        rows_t = torch.arange(self.num_voxels, device=self.device) if rows is None else torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)
+        if len(rows_t) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        conf, slot = torch.cat([self.slot_probabilities(chunk) for chunk in rows_t.split(65536)]).max(dim=1)
+        return slot.cpu().numpy(), conf.cpu().numpy()
+
+
+_NEIGHBOUR_STEPS = np.array(
+    sorted(
+        [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) != (0, 0, 0)],
+        key=lambda s: (abs(s[0]) + abs(s[1]) + abs(s[2]), s),
+    ),
+    np.int64,
+)  # [26, 3] face neighbours first, then edges, then corners

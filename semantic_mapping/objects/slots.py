@@ -1,0 +1,377 @@
+"""Object slots of the map: views from frames with masks, the slot field fitted to them, and objects
+extracted from it with stable ids.
+
+Work is split so that the mapping thread only offers frames (`offer`, no computation): `prepare` turns
+the offered frames into views (masks preprocessed at the view size as DiscoNeRF §7.1, the map raycast
+at the view), `optimise` fits the field (no map access), `extract` reads objects out of it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Optional
+
+import cv2
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from semantic_mapping.config import ObjectsConfig
+from semantic_mapping.fusion.voxel_map import VoxelMap, pack_indices, unpack_indices
+from semantic_mapping.objects.slot_field import SlotField
+from semantic_mapping.semantics.label_space import LabelSpace
+from semantic_mapping.sim.masks import preprocess_masks
+from semantic_mapping.types import CameraIntrinsics, Frame, MapObject
+
+log = logging.getLogger(__name__)
+
+MASK_SOURCES = ("auto", "frame", "geometric")
+_MAX_PENDING_FRAMES = 4
+_FORWARD_STEPS = np.array(
+    [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) > (0, 0, 0)], np.int64
+)  # [13, 3]: each 26-neighbour pair once
+_SURFACE_TRUNCATION_SHARE = 0.75  # field voxels with |sdf| under this share of the truncation are surface
+_MIN_ID_OVERLAP = 0.3  # share of a new part that must lie in an old object for it to keep that object's id
+
+
+def view_size(intrinsics: CameraIntrinsics, view_width_px: int) -> tuple[int, int]:
+    """(width, height) pixels of an object view of a camera: `view_width_px` wide, same aspect."""
+    width = min(int(view_width_px), intrinsics.width_px)
+    return width, max(1, int(round(intrinsics.height_px * width / intrinsics.width_px)))
+
+
+def resize_ids(ids: np.ndarray, width_px: int, height_px: int) -> np.ndarray:  # [h, w] int32
+    """Nearest-neighbour resize of an id image [H, W]."""
+    return cv2.resize(np.asarray(ids, np.int32), (width_px, height_px), interpolation=cv2.INTER_NEAREST)
+
+
+def dilate_ids(ids: np.ndarray, pixels: int) -> np.ndarray:
+    """Grow every mask of an id image [H, W] by `pixels` into pixels no mask covers."""
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(int(pixels)):
+        grown = cv2.dilate(ids.astype(np.float32), kernel).astype(np.int32)
+        ids = np.where(ids == 0, grown, ids)
+    return ids
+
+
+def surface_voxels(voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hit [H, W] bool, voxel indices [P, 3] int64 of the hit pixels, row-major) of the map raycast."""
+    depth = voxel_map.raycast(intrinsics, T_world_cam).depth_m  # [H, W] metres
+    hit = depth > 0
+    v, u = np.nonzero(hit)
+    z = depth[v, u]
+    points_cam = np.stack([(u - intrinsics.cx) / intrinsics.fx * z, (v - intrinsics.cy) / intrinsics.fy * z, z], 1)
+    points_world = points_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+    return hit, voxel_map.voxel_indices(points_world)
+
+
+class ObjectSlots:
+    """The object-slot stage of the mapper."""
+
+    def __init__(self, config: ObjectsConfig, label_space: LabelSpace, device="cpu"):
+        if config.mask_source not in MASK_SOURCES:
+            raise ValueError(f"objects.mask_source must be one of {MASK_SOURCES}, got {config.mask_source!r}")
+        if config.matching not in ("hungarian", "argmax"):
+            raise ValueError(f"objects.matching must be 'hungarian' or 'argmax', got {config.matching!r}")
+        self.config = config
+        self.label_space = label_space
+        self.device = device
+        self._geometric = None  # built on first use
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the field, the views and the objects."""
+        self.field = SlotField(self.config, self.device)
+        self._frames_since_view = self.config.view_interval_frames  # the first frame is a view
+        self._pending: collections.deque = collections.deque()
+        self._steps_due = 0
+        self.counters = collections.Counter()  # views, views_without_masks, frames_dropped
+        self._object_keys = np.zeros(0, np.int64)  # [M] sorted packed voxel indices of the last extraction
+        self._object_ids = np.zeros(0, np.int64)  # [M] their object ids
+        self._next_id = 1
+        self.objects: list[MapObject] = []
+
+    # ------------------------------------------------------------------ views
+    def offer(self, frame: Frame) -> None:
+        """Called for each integrated frame: the first frame that can give masks once
+        `view_interval_frames` frames have passed since the last view is queued as a view."""
+        self._frames_since_view += 1
+        if self._frames_since_view < self.config.view_interval_frames or not self._has_mask_source(frame):
+            return
+        self._frames_since_view = 0
+        if len(self._pending) >= _MAX_PENDING_FRAMES:
+            self._pending.popleft()
+            self.counters["frames_dropped"] += 1
+        self._pending.append(frame)
+
+    def _has_mask_source(self, frame: Frame) -> bool:
+        source = self.config.mask_source
+        return source in ("auto", "geometric") or frame.instance_masks is not None
+
+    @property
+    def pending_frames(self) -> int:
+        return len(self._pending)
+
+    def prepare(self, voxel_map: VoxelMap) -> int:
+        """Turn the queued frames into views of the field (needs the map); returns views added."""
+        added = 0
+        while self._pending:
+            frame = self._pending.popleft()
+            view = self.make_view(voxel_map, frame)
+            if view is not None and self.field.add_view(*view):
+                added += 1
+                self._steps_due += self.config.steps_per_view
+            else:
+                self.counters["views_without_masks"] += 1
+        self.counters["views"] += added
+        return added
+
+    def make_view(self, voxel_map: VoxelMap, frame: Frame) -> Optional[tuple]:
+        """(voxel indices [P, 3], mask ids [P], stamp_ns) of a frame at the view size, or None without masks."""
+        W, H = view_size(frame.intrinsics, self.config.view_width_px)
+        ids = self.masks(frame, W, H)
+        if ids is None:
+            return None
+        intrinsics = frame.intrinsics.scaled(W, H)
+        hit, voxels = surface_voxels(voxel_map, intrinsics, frame.T_world_cam)
+        return voxels, ids[hit], frame.stamp_ns
+
+    def masks(self, frame: Frame, width_px: int, height_px: int) -> Optional[np.ndarray]:
+        """The frame's masks at width x height after §7.1 preprocessing: [h, w] int32 ids, or None."""
+        cfg = self.config
+        if frame.instance_masks is not None and cfg.mask_source in ("auto", "frame"):
+            ids = resize_ids(frame.instance_masks, width_px, height_px)
+        elif cfg.mask_source in ("auto", "geometric"):
+            ids = self._geometric_generator().generate(_downsampled(frame, width_px, height_px))
+        else:
+            return None
+        ids = preprocess_masks(ids, cfg.min_mask_area_fraction, cfg.contained_fraction)
+        return dilate_ids(ids, cfg.mask_dilation_px) if cfg.mask_dilation_px > 0 else ids
+
+    def _geometric_generator(self):
+        if self._geometric is None:
+            from semantic_mapping.objects.geometric_masks import GeometricMaskGenerator
+
+            cfg = self.config
+            self._geometric = GeometricMaskGenerator(cfg.geometric, cfg.min_mask_area_fraction, cfg.contained_fraction,
+                                                     self.label_space)
+        return self._geometric
+
+    # ------------------------------------------------------------------ fitting
+    @property
+    def steps_due(self) -> int:
+        return self._steps_due
+
+    def optimise(self, max_steps: Optional[int] = None) -> int:
+        """Run the optimisation steps the new views asked for (at most `max_steps`); returns steps run."""
+        steps = self._steps_due if max_steps is None else min(self._steps_due, int(max_steps))
+        self.field.optimise(steps)
+        self._steps_due -= steps
+        return steps
+
+    # ------------------------------------------------------------------ objects
+    def extract(self, voxel_map: VoxelMap) -> list[MapObject]:
+        """Objects: connected parts of each slot's voxels (the field voxels still on the surface) with at
+        least `min_object_voxels` voxels. Ids follow the parts of the previous extraction they overlap."""
+        field = self.field
+        vs = voxel_map.voxel_size_m
+        indices = unpack_indices(field.keys)  # [V, 3]
+        values = voxel_map.voxel_values(indices, with_probs=True)
+        # The TSDF is projective (distances along camera rays), so oblique surfaces read farther than a
+        # voxel; a field voxel leaves the objects only once the map has it well inside free space or matter.
+        near = np.abs(np.nan_to_num(values["sdf_m"], nan=np.inf)) < _SURFACE_TRUNCATION_SHARE * voxel_map.sdf_trunc_m
+        on_surface = near & (values["weight"] > 0)
+        rows = np.flatnonzero(on_surface)
+        if len(rows) == 0:
+            self.objects, self._object_keys, self._object_ids = [], np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return self.objects
+        slot, slot_conf = field.voxel_slots(rows)
+        part = _connected_parts(indices[rows], slot)  # [R] part index per voxel
+        part = _absorb_small_parts(indices[rows], part, self.config.min_object_voxels)
+        keep = part >= 0
+        rows, slot, slot_conf, part = rows[keep], slot[keep], slot_conf[keep], part[keep]
+        keys = field.keys[rows]
+        ids = self._stable_ids(keys, part)  # [R] object id per voxel
+        objects = []
+        for object_id in np.unique(ids):
+            sel = ids == object_id
+            objects.append(self._describe(int(object_id), indices[rows[sel]], int(np.bincount(slot[sel]).argmax()),
+                                          slot_conf[sel], {k: v[rows[sel]] for k, v in values.items()}, vs))
+        order = np.argsort(keys)
+        self._object_keys, self._object_ids = keys[order], ids[order]
+        self.objects = objects
+        return objects
+
+    def _stable_ids(self, keys: np.ndarray, part: np.ndarray) -> np.ndarray:  # [R] int64 ids
+        """Give each part the id of the previous object it overlaps most (one part per id), else a new id."""
+        _, part = np.unique(part, return_inverse=True)
+        previous = self.object_ids_of_keys(keys)  # [R] 0 = none
+        pairs = previous > 0
+        overlap = coo_matrix((np.ones(pairs.sum()), (part[pairs], previous[pairs])),
+                             shape=(part.max() + 1, max(int(previous.max(initial=0)) + 1, 1))).tocsr()
+        overlap.sum_duplicates()
+        sizes = np.bincount(part)
+        part_id = np.zeros(len(sizes), np.int64)
+        coo = overlap.tocoo()
+        used = set()
+        for k in np.argsort(-coo.data, kind="stable"):
+            p, old = int(coo.row[k]), int(coo.col[k])
+            if part_id[p] or old in used or coo.data[k] < _MIN_ID_OVERLAP * sizes[p]:
+                continue
+            part_id[p] = old
+            used.add(old)
+        for p in np.flatnonzero(part_id == 0):
+            part_id[p] = self._next_id
+            self._next_id += 1
+        return part_id[part]
+
+    def _describe(self, object_id: int, indices: np.ndarray, slot: int, slot_conf: np.ndarray, values: dict,
+                  voxel_size_m: float) -> MapObject:
+        """One object from its voxels [n, 3] and their map values."""
+        points = indices * voxel_size_m  # [n, 3] voxel centres, metres
+        labelled = values["semantic_count"] > 0
+        class_id, class_conf, class_name = -1, 0.0, ""
+        if labelled.any():
+            mean_probs = values["class_probs"][labelled].mean(axis=0)
+            class_id = int(mean_probs.argmax())
+            class_conf = float(mean_probs[class_id])
+            class_name = self.label_space.names[class_id]
+        centre, quat, size = gravity_aligned_box(points, voxel_size_m)
+        field = self.field
+        return MapObject(
+            id=object_id, slot=slot, class_id=class_id, class_name=class_name, class_confidence=class_conf,
+            slot_confidence=float(slot_conf.mean()), centroid_m=points.mean(axis=0), box_center_m=centre,
+            box_quat_xyzw=quat, box_size_m=size, voxel_count=len(indices),
+            first_seen_ns=int(field.slot_first_seen_ns[slot]), last_seen_ns=int(field.slot_last_seen_ns[slot]),
+            observed_fraction=1.0, voxel_indices=indices,
+        )
+
+    def state(self) -> tuple[dict, dict]:
+        """(meta, arrays) of the last extraction, to save with the map (the field itself is not saved)."""
+        meta = {"next_id": self._next_id, "objects": [o.summary() for o in self.objects]}
+        return meta, {"objects_keys": self._object_keys, "objects_ids": self._object_ids}
+
+    def load_state(self, meta: dict, arrays: dict) -> None:
+        """Objects saved by `state`; the field starts empty and is refitted from new views."""
+        self.reset()
+        keys = np.asarray(arrays["objects_keys"], np.int64)
+        ids = np.asarray(arrays["objects_ids"], np.int64)
+        if len(keys) != len(ids) or np.any(np.diff(keys) <= 0):
+            raise ValueError("saved objects: keys must be sorted, unique and one per id")
+        self._object_keys, self._object_ids = keys, ids
+        self._next_id = int(meta.get("next_id", int(ids.max(initial=0)) + 1))
+        self.objects = [MapObject.from_summary(o, unpack_indices(keys[ids == o["id"]])) for o in meta.get("objects", [])]
+
+    def object_ids_of_keys(self, keys: np.ndarray) -> np.ndarray:  # [N] int64, 0 = none
+        """Object id of packed voxel indices [N] in the last extraction."""
+        if len(self._object_keys) == 0:
+            return np.zeros(len(keys), np.int64)
+        pos = np.clip(np.searchsorted(self._object_keys, keys), 0, len(self._object_keys) - 1)
+        return np.where(self._object_keys[pos] == keys, self._object_ids[pos], 0)
+
+    def object_ids(self, voxel_indices: np.ndarray) -> np.ndarray:  # [N] int64, 0 = none
+        """Object id of integer voxel indices [N, 3]; a voxel of no object takes a 26-neighbour's."""
+        from semantic_mapping.objects.slot_field import _NEIGHBOUR_STEPS
+
+        idx = np.asarray(voxel_indices, np.int64).reshape(-1, 3)
+        ids = self.object_ids_of_keys(pack_indices(idx))
+        for step in _NEIGHBOUR_STEPS:
+            missing = np.flatnonzero(ids == 0)
+            if len(missing) == 0:
+                break
+            ids[missing] = self.object_ids_of_keys(pack_indices(idx[missing] + step))
+        return ids
+
+    def render_ids(self, voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> np.ndarray:
+        """Object id image [H, W] int32 (0 = none) of the map seen from a camera, from the last extraction."""
+        hit, voxels = surface_voxels(voxel_map, intrinsics, T_world_cam)
+        out = np.zeros(hit.shape, np.int32)
+        out[hit] = self.object_ids(voxels)
+        return out
+
+
+def _connected_parts(indices: np.ndarray, slot: np.ndarray) -> np.ndarray:  # [N] int64
+    """Connected components of voxels [N, 3] where 26-neighbours with the same slot [N] are linked."""
+    keys = pack_indices(indices)
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    rows, cols = [], []
+    for step in _FORWARD_STEPS:
+        nb_keys = pack_indices(indices + step)
+        pos = np.clip(np.searchsorted(sorted_keys, nb_keys), 0, len(keys) - 1)
+        nb = order[pos]
+        linked = (sorted_keys[pos] == nb_keys) & (slot[nb] == slot)
+        rows.append(np.flatnonzero(linked))
+        cols.append(nb[linked])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(len(keys), len(keys)))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def _absorb_small_parts(indices: np.ndarray, part: np.ndarray, min_voxels: int, sweeps: int = 3) -> np.ndarray:
+    """Parts [N] with fewer than `min_voxels` voxels hand their voxels to the most common large part
+    among each voxel's 26 neighbours (a few sweeps, so speckles and seams fill in); voxels that no
+    large part reaches get -1."""
+    from semantic_mapping.objects.slot_field import _NEIGHBOUR_STEPS
+
+    part = np.where(np.bincount(part)[part] >= min_voxels, part, -1)
+    keys = pack_indices(indices)
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    for _ in range(sweeps):
+        todo = np.flatnonzero(part < 0)
+        if len(todo) == 0:
+            break
+        votes = np.full((len(todo), len(_NEIGHBOUR_STEPS)), -1, np.int64)  # [T, 26] neighbours' parts
+        for k, step in enumerate(_NEIGHBOUR_STEPS):
+            nb_keys = pack_indices(indices[todo] + step)
+            pos = np.clip(np.searchsorted(sorted_keys, nb_keys), 0, len(keys) - 1)
+            votes[:, k] = np.where(sorted_keys[pos] == nb_keys, part[order[pos]], -1)
+        row, cand = np.nonzero(votes >= 0)
+        if len(row) == 0:
+            break
+        pairs, counts = np.unique(np.stack([row, votes[row, cand]], 1), axis=0, return_counts=True)
+        best = np.lexsort((-counts, pairs[:, 0]))  # per row, the most voted part first
+        first = best[np.r_[True, pairs[best[1:], 0] != pairs[best[:-1], 0]]]
+        part[todo[pairs[first, 0]]] = pairs[first, 1]
+    return part
+
+
+def gravity_aligned_box(points_m: np.ndarray, voxel_size_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Oriented box of points [n, 3] with z up: (centre [3] m, quaternion x y z w [4], full size [3] m).
+
+    The box's x axis is the principal direction of the points in the floor plane; voxel extents are
+    included (each point is a voxel centre)."""
+    xy = points_m[:, :2] - points_m[:, :2].mean(axis=0)
+    if len(points_m) >= 2:
+        _, vectors = np.linalg.eigh(xy.T @ xy)
+        axis = vectors[:, -1] * (1.0 if vectors[0, -1] >= 0 else -1.0)  # yaw in [-90, 90] degrees
+    else:
+        axis = np.array([1.0, 0.0])
+    yaw = float(np.arctan2(axis[1], axis[0]))
+    c, s = np.cos(yaw), np.sin(yaw)
+    R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])  # box axes in the world
+    local = points_m @ R  # [n, 3] coordinates along the box axes
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    centre = R @ ((lo + hi) / 2.0)
+    quat = np.array([0.0, 0.0, np.sin(yaw / 2.0), np.cos(yaw / 2.0)])
+    return centre, quat, (hi - lo) + voxel_size_m
+
+
+def _downsampled(frame: Frame, width_px: int, height_px: int) -> Frame:
+    """The frame's depth, labels and probabilities at width x height (nearest), for the mask generator."""
+    if (width_px, height_px) == (frame.width_px, frame.height_px):
+        return frame
+    size = (width_px, height_px)
+    labels = frame.labels
+    if labels is None and frame.class_probs is not None:
+        labels = frame.class_probs.argmax(axis=-1).astype(np.int32)
+    return Frame(
+        rgb=cv2.resize(frame.rgb, size, interpolation=cv2.INTER_AREA),
+        depth_m=cv2.resize(frame.depth_m, size, interpolation=cv2.INTER_NEAREST),
+        intrinsics=frame.intrinsics.scaled(width_px, height_px),
+        T_world_cam=frame.T_world_cam,
+        stamp_ns=frame.stamp_ns,
+        labels=None if labels is None else resize_ids(labels, width_px, height_px),
+    )

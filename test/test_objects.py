@@ -1,0 +1,183 @@
+"""Object slots (DiscoNeRF): affinity, matching and losses on hand-made masks, the field on a hand-made
+scene, and extraction with stable ids on a simulated scene that is revisited."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from semantic_mapping.config import CameraConfig, FusionConfig, MapperConfig, ObjectsConfig, SimConfig
+from semantic_mapping.objects.slot_field import SlotField, match_masks, slot_losses, soft_iou_affinity
+from semantic_mapping.objects.slots import dilate_ids, gravity_aligned_box
+
+
+def test_affinity_is_soft_iou():
+    masks = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])  # [K=2, P=4]
+    slots = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.0, 1.0]])  # [P, N=2], rows sum to 1
+    affinity = soft_iou_affinity(masks, slots)
+    # mask 0 vs slot 0: min = 0.9 + 0.5, max = 1 + 1 + 0.2 + 0 -> 1.4 / 2.2
+    assert affinity[0, 0].item() == pytest.approx(1.4 / 2.2)
+    # mask 1 vs slot 1: min = 0.8 + 1.0, max = 0.1 + 0.5 + 1 + 1 -> 1.8 / 2.6
+    assert affinity[1, 1].item() == pytest.approx(1.8 / 2.6)
+    # binary slot image equal to the mask: affinity 1
+    assert soft_iou_affinity(masks, masks.T)[0, 0].item() == pytest.approx(1.0)
+
+
+def test_hungarian_gives_each_mask_its_own_slot():
+    # both masks like slot 0 best; the matching must still separate them, the argmax ablation does not
+    affinity = np.array([[0.9, 0.6, 0.1], [0.8, 0.2, 0.1]])
+    assert match_masks(affinity, "hungarian").tolist() == [1, 0]  # total 0.6 + 0.8 beats 0.9 + 0.2
+    assert match_masks(affinity, "argmax").tolist() == [0, 0]
+    with pytest.raises(ValueError, match="hungarian"):
+        match_masks(affinity, "greedy")
+
+
+def test_losses_vanish_only_for_a_matching_field():
+    masks = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    perfect = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    match, fp = slot_losses(masks, perfect, torch.tensor([0, 1]))
+    assert match.item() == 0.0 and fp.item() == 0.0
+    match, fp = slot_losses(masks, perfect, torch.tensor([1, 0]))  # wrong matching
+    assert match.item() == pytest.approx(1.0) and fp.item() == pytest.approx(0.5)
+
+
+def _two_box_views(num_views: int, seed: int = 0):
+    """Voxels of two 6x6x6-voxel boxes side by side (touching) and views that see both, each view
+    with its own arbitrary mask ids; one view in four merges them into one mask, one in four misses
+    box B."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(np.arange(6), np.arange(6), np.arange(6), indexing="ij"), -1).reshape(-1, 3)
+    box_a, box_b = grid, grid + [6, 0, 0]
+    views = []
+    for v in range(num_views):
+        seen_a = box_a[rng.random(len(box_a)) < 0.7]
+        seen_b = box_b[rng.random(len(box_b)) < 0.7]
+        ids = rng.permutation([3, 7])
+        mask_a = np.full(len(seen_a), ids[0])
+        mask_b = np.full(len(seen_b), ids[1] if v % 4 != 1 else ids[0])
+        if v % 4 == 3:
+            mask_b[:] = 0
+        views.append((np.concatenate([seen_a, seen_b]), np.concatenate([mask_a, mask_b]), v))
+    return box_a, box_b, views
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_field_separates_two_objects_from_inconsistent_masks(levels):
+    box_a, box_b, views = _two_box_views(12)
+    field = SlotField(ObjectsConfig(min_slots=4, feature_levels=levels))
+    for voxels, ids, stamp in views:
+        assert field.add_view(voxels, ids, stamp)
+        field.optimise(15)
+    slot_a, _ = field.voxel_slots(field.rows_of(box_a))
+    slot_b, _ = field.voxel_slots(field.rows_of(box_b))
+    main_a, main_b = np.bincount(slot_a).argmax(), np.bincount(slot_b).argmax()
+    assert main_a != main_b
+    assert np.mean(slot_a == main_a) > 0.9 and np.mean(slot_b == main_b) > 0.9
+    assert field.slot_first_seen_ns[main_a] == 0 and field.slot_last_seen_ns[main_a] == 11
+
+
+def test_slots_grow_with_the_masks_of_a_view():
+    field = SlotField(ObjectsConfig(min_slots=4))
+    voxels = np.stack([np.arange(50), np.zeros(50, int), np.zeros(50, int)], 1)
+    field.add_view(voxels, np.repeat(np.arange(1, 6), 10), 0)  # 5 masks -> 10 slots
+    assert field.num_slots == 10
+    field.optimise(3)
+    assert np.isfinite(field.last_losses["match"])
+    assert not field.add_view(voxels, np.zeros(50, int), 1)  # no mask: not a view
+
+
+def test_dilation_and_box():
+    ids = np.zeros((7, 7), np.int32)
+    ids[3, 3] = 5
+    ids[0, 0] = 2
+    grown = dilate_ids(ids, 1)
+    assert grown[2:5, 2:5].tolist() == [[5] * 3] * 3 and grown[0, 0] == 2
+    # an L-shaped set of voxels rotated 30 degrees about z: the box follows the long side
+    yaw = np.deg2rad(30)
+    line = np.stack([np.arange(20) * 0.04, np.zeros(20), np.zeros(20)], 1)
+    R = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
+    centre, quat, size = gravity_aligned_box(line @ R.T + [1.0, 2.0, 0.5], 0.04)
+    assert size[0] == pytest.approx(0.8, abs=1e-6) and size[1] == pytest.approx(0.04, abs=1e-6)
+    assert abs(quat[2]) == pytest.approx(abs(np.sin(yaw / 2)), abs=1e-6)
+    assert centre == pytest.approx(R @ [0.38, 0, 0] + [1.0, 2.0, 0.5], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def revisited():
+    """A mapper fed a simulated walk, then the first part of the walk again (a revisit)."""
+    from semantic_mapping.pipeline import Mapper
+    from semantic_mapping.sim.sequence import simulate
+
+    cam = replace(CameraConfig(), width_px=320, height_px=240, fx=262.5, fy=262.5, cx=159.5, cy=119.5)
+    recording = simulate(4, replace(SimConfig(), camera=cam), num_frames=80)
+    config = MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu"),
+                          objects=ObjectsConfig(mask_source="frame", view_interval_frames=5))
+    mapper = Mapper(config)
+    for i in range(0, 80, 2):
+        assert mapper.integrate(recording.frame(i)).accepted
+    first = {o.id: o for o in mapper.extract_objects()}
+    stamp = recording.frame(79, semantics=False, masks=False).stamp_ns
+    for k, i in enumerate(range(0, 40, 2)):  # the start of the walk again, with later stamps
+        frame = recording.frame(i)
+        frame.stamp_ns = stamp + (k + 1) * 10**8
+        assert mapper.integrate(frame).accepted
+    second = {o.id: o for o in mapper.extract_objects()}
+    return mapper, first, second
+
+
+def test_objects_are_extracted_with_classes_and_boxes(revisited):
+    mapper, first, second = revisited
+    assert len(first) >= 3
+    for obj in first.values():
+        assert obj.voxel_count >= mapper.config.objects.min_object_voxels
+        assert 0.0 < obj.slot_confidence <= 1.0
+        assert np.all(obj.box_size_m > 0) and np.linalg.norm(obj.box_quat_xyzw) == pytest.approx(1.0)
+        if obj.class_id >= 0:
+            assert obj.class_name == mapper.label_space.names[obj.class_id]
+        points = obj.voxel_indices * mapper.voxel_size_m
+        assert np.linalg.norm(obj.centroid_m - points.mean(0)) < 1e-6
+    voxels = mapper.labelled_voxels()
+    assert set(np.unique(voxels.object_ids)) - {0} <= set(second)  # the latest extraction
+    assert np.mean(voxels.object_ids > 0) > 0.5
+
+
+def test_object_ids_stay_stable_on_revisit(revisited):
+    mapper, first, second = revisited
+    big = [o for o in first.values() if o.voxel_count >= 100]
+    assert big
+    kept = 0
+    for obj in big:
+        ids = mapper.object_slots.object_ids(obj.voxel_indices)
+        kept += np.bincount(ids).argmax() == obj.id
+    assert kept / len(big) >= 0.8, f"{kept} of {len(big)} large objects kept their id"
+
+
+def test_disabled_and_reset(revisited):
+    from semantic_mapping.pipeline import Mapper
+
+    mapper = Mapper(MapperConfig(objects=ObjectsConfig(enabled=False)))
+    assert mapper.object_slots is None and mapper.extract_objects() == []
+    with pytest.raises(ValueError, match="mask_source"):
+        Mapper(MapperConfig(objects=ObjectsConfig(mask_source="sam")))
+
+
+def test_objects_saved_with_the_map_and_listed_by_the_cli(revisited, tmp_path, capsys):
+    import json
+
+    from semantic_mapping.cli import main
+    from semantic_mapping.pipeline import Mapper
+
+    mapper, _, _ = revisited
+    path = tmp_path / "map.npz"
+    mapper.save(path)
+    saved = {o.id: o for o in mapper.object_slots.objects}
+    loaded = Mapper.from_file(path, mapper.config)
+    assert {o.id: o.voxel_count for o in loaded.object_slots.objects} == {i: o.voxel_count for i, o in saved.items()}
+    some = next(iter(saved.values()))
+    assert (loaded.object_slots.object_ids(some.voxel_indices) == some.id).all()
+    assert main(["objects", str(path), "--list", "3"]) == 0
+    listing = json.loads((tmp_path / "map_objects.json").read_text())
+    assert sorted(o["id"] for o in listing["objects"]) == sorted(saved)
+    assert (tmp_path / "map_objects.png").stat().st_size > 1000
+    assert f"{len(saved)} objects" in capsys.readouterr().out
