@@ -2,12 +2,18 @@
 
     ros2 launch semantic_mapping mapping.launch.py [params_file:=...] [ros_params_file:=...]
         [namespace:=robot1] [use_sim_time:=true] [camera:=realsense|namespace|none]
-        [camera_namespace:=/camera] [voting_voxels_per_frame:=400] [rviz:=true]
+        [camera_namespace:=/camera] [voting_voxels_per_frame:=400] [objects:=true|false]
+        [object_masks:=auto|frame|geometric] [objects_rate_hz:=1.0] [rviz:=true]
 
 params_file is the engine's YAML (config/mapping.yaml format); ros_params_file an optional ROS 2
 parameter file (node.*, assembly.*, fusion.*, ... under ros__parameters) applied on top.
 camera:=realsense remaps the inputs to realsense2_camera's topics (aligned depth) under
 camera_namespace; camera:=namespace to <camera_namespace>/rgb/image, .../depth/image, ...
+objects:=true|false turns the object slots on or off (objects.enabled); object_masks picks where their
+2D masks come from (objects.mask_source: the instances/masks topic, the built-in geometric generator,
+or auto: the topic when it publishes); both default to params_file's values. objects_rate_hz is the
+rate of the object-slot cycle and of ~/objects and ~/object_markers (node.objects_rate_hz). Values in
+ros_params_file override these arguments.
 """
 
 import os
@@ -23,6 +29,7 @@ PACKAGE = "semantic_mapping"
 NODE_EXECUTABLE = "mapping_node"
 PARAMS_FILE = os.path.join("config", "mapping.yaml")
 RVIZ_CONFIG = os.path.join("config", "semantic_mapping.rviz")
+OBJECT_MASK_SOURCES = ("auto", "frame", "geometric")
 
 # node input -> topic of a RealSense (realsense2_camera >= 4.51: /camera/camera/...)
 REALSENSE_REMAPS = {
@@ -55,13 +62,30 @@ def _remaps(camera: str, camera_namespace: str) -> list:
     raise RuntimeError(f"camera:={camera!r}: expected realsense, namespace or none")
 
 
+def _object_parameters(context) -> dict:
+    """objects.* / node.objects_* parameters from the launch arguments (empty ones: params_file's value)."""
+    out = {"node.objects_rate_hz": float(LaunchConfiguration("objects_rate_hz").perform(context))}
+    enabled = LaunchConfiguration("objects").perform(context).strip().lower()
+    if enabled:
+        if enabled not in ("true", "false", "1", "0", "yes", "no"):
+            raise RuntimeError(f"objects:={enabled!r}: expected true or false")
+        out["objects.enabled"] = enabled in ("true", "1", "yes")
+    masks = LaunchConfiguration("object_masks").perform(context).strip()
+    if masks:
+        if masks not in OBJECT_MASK_SOURCES:
+            raise RuntimeError(f"object_masks:={masks!r}: expected one of {', '.join(OBJECT_MASK_SOURCES)}")
+        out["objects.mask_source"] = masks
+    return out
+
+
 def _launch_setup(context, *args, **kwargs):
     share = get_package_share_directory(PACKAGE)
     params_file = LaunchConfiguration("params_file").perform(context) or os.path.join(share, PARAMS_FILE)
     ros_params_file = LaunchConfiguration("ros_params_file").perform(context)
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1", "yes")
     parameters = [{"config_file": params_file, "use_sim_time": use_sim_time,
-                   "voting.max_voxels_per_frame": int(LaunchConfiguration("voting_voxels_per_frame").perform(context))}]
+                   "voting.max_voxels_per_frame": int(LaunchConfiguration("voting_voxels_per_frame").perform(context)),
+                   **_object_parameters(context)}]
     if ros_params_file:
         parameters.append(ros_params_file)
     remaps = _remaps(LaunchConfiguration("camera").perform(context),
@@ -102,6 +126,14 @@ def generate_launch_description():
                               description="camera namespace for camera:=realsense (default /camera/camera) or namespace"),
         DeclareLaunchArgument("voting_voxels_per_frame", default_value="400",
                               description="voxels soft-voted per integrated frame at most (keeps the input rate live)"),
+        DeclareLaunchArgument("objects", default_value="",
+                              description="true|false: object slots (DiscoNeRF) on ~/objects and ~/object_markers; "
+                                          "empty: params_file's objects.enabled (on by default)"),
+        DeclareLaunchArgument("object_masks", default_value="",
+                              description="object masks from: frame (instances/masks topic), geometric (built in) or "
+                                          "auto; empty: params_file's objects.mask_source"),
+        DeclareLaunchArgument("objects_rate_hz", default_value="1.0",
+                              description="rate of the object-slot cycle (optimisation, ~/objects, ~/object_markers); 0 pauses it"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz with config/semantic_mapping.rviz"),
         OpaqueFunction(function=_launch_setup),
     ])

@@ -32,11 +32,27 @@ def write_map_outputs(mapper, out_dir: Path) -> dict:
     ls = mapper.label_space
     paths = {"map": out_dir / "map.npz", "mesh": out_dir / "mesh.ply", "voxels": out_dir / "voxels.ply",
              "traversability": out_dir / "traversability.png"}
-    mapper.save(paths["map"])
+    mapper.save(paths["map"])  # extracts the objects too
+    voxels = mapper.labelled_voxels()
     write_mesh_ply(paths["mesh"], mapper.mesh(), ls)
-    write_voxels_ply(paths["voxels"], mapper.labelled_voxels(), ls)
+    write_voxels_ply(paths["voxels"], voxels, ls)
     write_grid(paths["traversability"], mapper.traversability())
+    if mapper.object_slots is not None:
+        paths["objects"], paths["objects_picture"] = write_objects(mapper, voxels, out_dir / "objects")
     return {k: str(v) for k, v in paths.items()}
+
+
+def write_objects(mapper, voxels, stem: Path) -> tuple[Path, Path]:
+    """The mapper's last extracted objects as `<stem>.json` and a top-down `<stem>.png`."""
+    from semantic_mapping.io.exports import write_json, write_png
+    from semantic_mapping.io.pictures import objects_top_down
+
+    objects = sorted(mapper.object_slots.objects, key=lambda o: o.id)
+    json_path = write_json(stem.with_suffix(".json"), {"voxel_size_m": mapper.voxel_size_m,
+                                                       "objects": [o.summary() for o in objects]})
+    png_path = write_png(stem.with_suffix(".png"),
+                         objects_top_down(voxels, objects, mapper.label_space, mapper.voxel_size_m))
+    return json_path, png_path
 
 
 def render_comparison(mapper, frames: list, path: Path) -> None:
@@ -89,10 +105,12 @@ def cmd_demo(args) -> int:
     visibility = SurfaceVisibility(voxelize_surface(recording.mesh, mapper.voxel_size_m), mapper.config.fusion.depth_max_m)
     held_out = []
     integrate_s = []
+    view_interval = mapper.config.objects.view_interval_frames
     for i in _progress(range(len(recording)), len(recording), "mapping"):
         if i % args.stride:
             continue
-        frame = recording.frame(i, masks=False)
+        # SAM-like masks (simulated) for the frames the object slots take as views
+        frame = recording.frame(i, masks=(i // args.stride) % view_interval == 0)
         tally.add(frame)
         visibility.add(frame)
         result = mapper.integrate(frame)
@@ -125,7 +143,8 @@ def cmd_demo(args) -> int:
     write_json(out / "metrics.json", {"quality": quality, "input_miou_2d": tally.mean_miou, "outputs": paths,
                                       "rows": [list(r) for r in rows]})
     print(table)
-    print(f"\nwrote {out}/: map.npz mesh.ply voxels.ply traversability.png (+ _preview) renders.png frames.png metrics.md")
+    print(f"\nwrote {out}/: map.npz mesh.ply voxels.ply traversability.png (+ _preview) objects.json objects.png "
+          "renders.png frames.png metrics.md")
     return 0
 
 
@@ -286,8 +305,6 @@ def cmd_render(args) -> int:
 
 
 def cmd_objects(args) -> int:
-    from semantic_mapping.io.exports import write_json, write_png
-    from semantic_mapping.io.pictures import objects_top_down
     from semantic_mapping.pipeline import Mapper
 
     mapper = Mapper.from_file(args.map, _load_mapper_config(args))
@@ -295,11 +312,8 @@ def cmd_objects(args) -> int:
         raise ValueError("objects are disabled in the config (objects.enabled: false)")
     objects = mapper.object_slots.objects
     stem = Path(args.map).with_suffix("")
-    json_path = Path(args.out_json) if args.out_json else stem.with_name(stem.name + "_objects.json")
-    png_path = Path(args.out_png) if args.out_png else stem.with_name(stem.name + "_objects.png")
-    write_json(json_path, {"map": str(args.map), "voxel_size_m": mapper.voxel_size_m,
-                           "objects": [o.summary() for o in sorted(objects, key=lambda o: o.id)]})
-    write_png(png_path, objects_top_down(mapper.labelled_voxels(), objects, mapper.label_space, mapper.voxel_size_m))
+    json_path, png_path = write_objects(mapper, mapper.labelled_voxels(), Path(args.out) if args.out else
+                                        stem.with_name(stem.name + "_objects"))
     print(f"{len(objects)} objects in {args.map}; wrote {json_path} and {png_path}")
     for o in sorted(objects, key=lambda o: -o.voxel_count)[: args.list]:
         size = " x ".join(f"{v:.2f}" for v in o.box_size_m)
@@ -388,8 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("objects", help="list a saved map's object slots: JSON, and a top-down picture coloured by "
                        "object and by class")
     p.add_argument("map", help="map file (.npz) written by run, demo or the node's save_map")
-    p.add_argument("--out-json", help="JSON to write (default: <map>_objects.json beside the map)")
-    p.add_argument("--out-png", help="PNG to write (default: <map>_objects.png beside the map)")
+    p.add_argument("--out", help="path stem of the JSON and PNG to write (default: <map>_objects beside the map)")
     p.add_argument("--list", type=int, default=20, help="print this many of the largest objects")
     p.add_argument("--config", help="mapping YAML; default: the packaged config")
     p.set_defaults(func=cmd_objects)

@@ -98,6 +98,24 @@ def test_launch_arguments_and_remaps():
             assert source in SUBSCRIBED_TOPICS, f"{table} remaps {source!r}, which the node does not subscribe"
 
 
+def test_object_launch_arguments_set_declared_parameters():
+    from semantic_mapping.objects.slots import MASK_SOURCES
+    from semantic_mapping.ros.node_config import parameter_specs
+
+    text = LAUNCH.read_text()
+    declared = set(re.findall(r'DeclareLaunchArgument\(\s*"(\w+)"', text))
+    assert {"objects", "object_masks", "objects_rate_hz"} <= declared
+    # every parameter the launch file sets by name is one the node declares
+    names = {s.name for s in parameter_specs()} | {"config_file", "use_sim_time"}
+    set_by_launch = set(re.findall(r'"((?:objects|node|voting)\.[\w.]+)"', text))
+    assert {"objects.enabled", "objects.mask_source", "node.objects_rate_hz"} <= set_by_launch
+    assert set_by_launch <= names, set_by_launch - names
+    tree = _tree()
+    sources = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                   and getattr(n.targets[0], "id", None) == "OBJECT_MASK_SOURCES")
+    assert tuple(sources) == tuple(MASK_SOURCES)
+
+
 def _rviz_topics(data) -> list:
     found = []
     if isinstance(data, dict):
@@ -126,3 +144,6 @@ def test_rviz_config_displays_only_topics_the_node_publishes_in_the_map_frame():
     assert classes[resolved_topic("~/voxels")] == "rviz_default_plugins/PointCloud2"
     assert classes[resolved_topic("~/mesh")] == "rviz_default_plugins/Marker"
     assert classes[resolved_topic("~/traversability")] == "rviz_default_plugins/Map"
+    assert classes[resolved_topic("~/object_markers")] == "rviz_default_plugins/MarkerArray"
+    objects = next(d for d in manager["Displays"] if d.get("Topic", {}).get("Value") == resolved_topic("~/object_markers"))
+    assert objects["Topic"]["Durability Policy"] == "Transient Local"  # the node publishes it transient-local

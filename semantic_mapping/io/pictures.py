@@ -65,7 +65,8 @@ def frame_contact_sheet(frames: list, label_space: LabelSpace, tile_width_px: in
 def objects_top_down(voxels, objects: list, label_space: LabelSpace, voxel_size_m: float,
                      pixels_per_voxel: int = 4) -> np.ndarray:
     """Top-down picture of labelled voxels (`LabelledVoxels` with object_ids): left coloured by object,
-    right by class; each object's box outlined and captioned "#id class". [H, W, 3] uint8."""
+    right by class; the boxes of objects whose class is a thing (role "object", not wall or floor)
+    outlined and captioned "#id class". [H, W, 3] uint8."""
     if len(voxels.positions_m) == 0:
         return labelled(np.zeros((240, 320, 3), np.uint8), "empty map")
     cells = np.round(voxels.positions_m[:, :2] / voxel_size_m).astype(np.int64)  # [N, 2] x, y
@@ -81,7 +82,8 @@ def objects_top_down(voxels, objects: list, label_space: LabelSpace, voxel_size_
     scale = pixels_per_voxel
     tiles = [cv2.resize(img, (size[0] * scale, size[1] * scale), interpolation=cv2.INTER_NEAREST)
              for img in (by_object, by_class)]
-    for obj in objects:
+    things = [o for o in objects if o.class_id >= 0 and label_space.roles[o.class_id] == "object"]
+    for obj in things:
         yaw = 2.0 * np.arctan2(obj.box_quat_xyzw[2], obj.box_quat_xyzw[3])
         corners = np.array([[sx, sy] for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]) * obj.box_size_m[:2] / 2
         R = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])

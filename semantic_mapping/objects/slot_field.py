@@ -23,22 +23,29 @@ from semantic_mapping.fusion.voxel_map import pack_indices, unpack_indices
 
 _FACE_STEPS = np.eye(3, dtype=np.int64)  # +x, +y, +z neighbours for the TV pairs
 _INIT_FEATURE_STD = 0.5  # spread of the features of voxels with no known neighbour
-_MATCH_MIN_AFFINITY = 0.3  # a slot counts as seen in a view when its matched mask has this affinity
+_MATCH_MIN_AFFINITY = 0.3
+_TV_PAIRS_PER_STEP = 32768  # neighbour pairs per level in one step's L_TV (an unbiased sample of the mean)  # a slot counts as seen in a view when its matched mask has this affinity
 
 
 @dataclass
 class ObjectView:
-    """One view's masks over the pixels that hit the map."""
+    """One view's masks, gathered per voxel: the pixels that hit the same voxel share its slot
+    probabilities, so the losses only need each voxel's pixel count and per-mask pixel counts."""
 
-    rows: torch.Tensor  # [P] int64 field rows of the pixels' voxels
-    masks: torch.Tensor  # [K, P] float32 binary masks
+    rows: torch.Tensor  # [U] int64 distinct field rows the view's pixels hit
+    pixel_counts: torch.Tensor  # [U] float32 pixels per row
+    mask_counts: torch.Tensor  # [K, U] float32 pixels of mask m on row u
     stamp_ns: int
 
 
-def soft_iou_affinity(masks: torch.Tensor, slot_probs: torch.Tensor) -> torch.Tensor:
-    """Eq. 4: α[m, n] = Σ_p min(O_n, M_m) / Σ_p max(O_n, M_m) for binary masks [K, P] and slot images [P, N]."""
-    inter = masks @ slot_probs  # [K, N] Σ M·O = Σ min for binary M
-    union = masks.sum(1, keepdim=True) + slot_probs.sum(0, keepdim=True) - inter  # Σ max = M + O - M·O
+def soft_iou_affinity(mask_counts: torch.Tensor, slot_probs: torch.Tensor,
+                      pixel_counts: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Eq. 4: α[m, n] = Σ_p min(O_n, M_m) / Σ_p max(O_n, M_m) for binary masks and slot images [U, N]
+    whose rows each stand for `pixel_counts` [U] pixels (default 1); mask_counts [K, U] holds the
+    pixels of mask m among them."""
+    counts = torch.ones(slot_probs.shape[0], device=slot_probs.device) if pixel_counts is None else pixel_counts
+    inter = mask_counts @ slot_probs  # [K, N] Σ M·O = Σ min for binary M
+    union = mask_counts.sum(1, keepdim=True) + (counts @ slot_probs)[None, :] - inter  # Σ max = M + O - M·O
     return inter / union.clamp_min(1e-9)
 
 
@@ -55,14 +62,19 @@ def match_masks(affinity: np.ndarray, method: str = "hungarian") -> np.ndarray:
     raise ValueError(f"objects.matching must be 'hungarian' or 'argmax', got {method!r}")
 
 
-def slot_losses(masks: torch.Tensor, slot_probs: torch.Tensor, slot_of_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 5 and 6, per pixel: (L_γ, L_FP) for masks [K, P], slot images [P, N] and the matching [K]."""
-    matched = slot_probs[:, slot_of_mask].T  # [K, P] O_γ(m)
-    loss_match = ((masks - matched) ** 2).mean(dim=1).mean()
-    # Σ_{n≠γ(m)} (M_m O_n)^2 = M_m (Σ_n O_n^2 - O_γ(m)^2) for binary M
-    others = (slot_probs**2).sum(dim=1)[None, :] - matched**2  # [K, P]
-    loss_fp = (masks * others).mean(dim=1).mean()
-    return loss_match, loss_fp
+def slot_losses(mask_counts: torch.Tensor, slot_probs: torch.Tensor, slot_of_mask: torch.Tensor,
+                pixel_counts: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 5 and 6, averaged over masks and pixels: (L_γ, L_FP) for masks [K, U] (pixel counts as in
+    `soft_iou_affinity`), slot images [U, N] and the matching [K]."""
+    counts = torch.ones(slot_probs.shape[0], device=slot_probs.device) if pixel_counts is None else pixel_counts
+    matched = slot_probs[:, slot_of_mask].T  # [K, U] O_γ(m)
+    # Σ_p (M - O)^2 = Σ_u (A - 2 A O + c O^2) for binary M, A pixels of the mask and c pixels of the row
+    loss_match = (mask_counts - 2.0 * mask_counts * matched + counts[None, :] * matched**2).sum(1)
+    # Σ_p Σ_{n≠γ(m)} (M O_n)^2 = Σ_u A (Σ_n O_n^2 - O_γ^2)
+    others = (slot_probs**2).sum(dim=1)[None, :] - matched**2  # [K, U]
+    loss_fp = (mask_counts * others).sum(1)
+    pixels = counts.sum()
+    return loss_match.mean() / pixels, loss_fp.mean() / pixels
 
 
 class _FeatureTable:
@@ -112,11 +124,14 @@ class _FeatureTable:
         self.tv_pairs = torch.from_numpy(np.concatenate(pairs)).to(old.device)
         return old, self.features
 
-    def tv(self) -> torch.Tensor:
-        """Eq. 7 over this level, averaged over neighbour pairs."""
+    def tv(self, gen: torch.Generator) -> torch.Tensor:
+        """Eq. 7 over this level, averaged over neighbour pairs (a random subset of them when many)."""
         if len(self.tv_pairs) == 0:
             return torch.zeros((), device=self.features.device)
-        a, b = self.tv_pairs[:, 0], self.tv_pairs[:, 1]
+        pairs = self.tv_pairs
+        if len(pairs) > _TV_PAIRS_PER_STEP:
+            pairs = pairs[torch.randint(len(pairs), (_TV_PAIRS_PER_STEP,), generator=gen).to(pairs.device)]
+        a, b = pairs[:, 0], pairs[:, 1]
         return ((self.features[a] - self.features[b]) ** 2).sum(dim=1).mean()
 
 
@@ -224,8 +239,14 @@ class SlotField:
         if 2 * len(present) > self.num_slots:
             self._grow_slots(2 * len(present))
         rows = self.add_voxels(voxel_indices)
-        masks = torch.from_numpy(ids[None, :] == present[:, None]).float().to(self.device)  # [K, P]
-        self.views.append(ObjectView(torch.from_numpy(rows).to(self.device), masks, int(stamp_ns)))
+        unique_rows, inverse = np.unique(rows, return_inverse=True)
+        mask_index = np.searchsorted(present, ids)  # [P] position of each pixel's mask (meaningless where 0)
+        mask_counts = np.zeros((len(present), len(unique_rows)), np.float32)
+        np.add.at(mask_counts, (mask_index[ids > 0], inverse[ids > 0]), 1.0)
+        self.views.append(ObjectView(
+            rows=torch.from_numpy(unique_rows).to(self.device),
+            pixel_counts=torch.from_numpy(np.bincount(inverse).astype(np.float32)).to(self.device),
+            mask_counts=torch.from_numpy(mask_counts).to(self.device), stamp_ns=int(stamp_ns)))
         if len(self.views) > self.config.max_views:
             self.views.pop(0)
         return True
@@ -246,18 +267,19 @@ class SlotField:
             batch = [self.views[-1]] + [self.views[i] for i in others]
             loss_match = loss_fp = torch.zeros((), device=self.device)
             for view in batch:
-                probs = self.slot_probabilities(view.rows)  # [P, N]
+                probs = self.slot_probabilities(view.rows)  # [U, N]
                 with torch.no_grad():
-                    affinity = soft_iou_affinity(view.masks, probs).cpu().numpy()  # [K, N]
+                    affinity = soft_iou_affinity(view.mask_counts, probs, view.pixel_counts).cpu().numpy()  # [K, N]
                 slot_of_mask = match_masks(affinity, cfg.matching)
                 self._record_seen(slot_of_mask, affinity, view.stamp_ns)
-                lm, lf = slot_losses(view.masks, probs, torch.from_numpy(slot_of_mask).to(self.device))
+                lm, lf = slot_losses(view.mask_counts, probs, torch.from_numpy(slot_of_mask).to(self.device),
+                                     view.pixel_counts)
                 loss_match = loss_match + lm / len(batch)
                 loss_fp = loss_fp + lf / len(batch)
             loss = loss_match + cfg.lambda_fp * loss_fp
             loss_tv = torch.zeros((), device=self.device)
             if cfg.lambda_tv > 0:
-                loss_tv = sum(t.tv() for t in self.levels)
+                loss_tv = sum(t.tv(self._gen) for t in self.levels)
                 loss = loss + cfg.lambda_tv * loss_tv
             self._optimizer.zero_grad(set_to_none=True)
             loss.backward()

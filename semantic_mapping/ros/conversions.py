@@ -14,7 +14,7 @@ from geometry_msgs.msg import Point
 from nav_msgs.msg import OccupancyGrid
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
-from visualization_msgs.msg import Marker
+from visualization_msgs.msg import Marker, MarkerArray
 
 from semantic_mapping.geometry.pose import T_from_quat_xyzw, quat_xyzw_from_T
 from semantic_mapping.io.image_codec import (
@@ -24,8 +24,9 @@ from semantic_mapping.io.image_codec import (
     to_int_ids,
     to_rgb8,
 )
-from semantic_mapping.ros.encode import POINT_FIELDS, voxels_to_cloud_bytes
-from semantic_mapping.types import CameraIntrinsics, LabelledVoxels, SemanticMesh, TraversabilityGrid
+from semantic_mapping.msg import ObjectSlot, ObjectSlotArray
+from semantic_mapping.ros.encode import POINT_FIELDS, object_color, voxels_to_cloud_bytes
+from semantic_mapping.types import CameraIntrinsics, LabelledVoxels, MapObject, SemanticMesh, TraversabilityGrid
 
 NS_PER_S = 1_000_000_000
 
@@ -127,7 +128,7 @@ def transform_to_T(transform) -> np.ndarray:
 # ----------------------------------------------------------------------------------- outputs
 def voxels_to_cloud(voxels: LabelledVoxels, label_colors: np.ndarray, stamp_ns: int, frame_id: str,
                     color_by: str = "label") -> PointCloud2:
-    """PointCloud2 with fields x y z rgb label confidence predicted (see encode.POINT_FIELDS)."""
+    """PointCloud2 with fields x y z rgb label confidence predicted slot (see encode.POINT_FIELDS)."""
     data, point_step = voxels_to_cloud_bytes(voxels, label_colors, color_by)
     msg = PointCloud2()
     msg.header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
@@ -189,3 +190,77 @@ def grid_to_occupancy(grid: TraversabilityGrid, stamp_ns: int, frame_id: str, z_
     msg.info.origin.orientation.w = 1.0
     msg.data = array.array("b", np.ascontiguousarray(grid.cells, dtype=np.int8).tobytes())
     return msg
+
+
+# ----------------------------------------------------------------------------------- objects
+OBJECT_BOX_NS = "object_boxes"
+OBJECT_LABEL_NS = "object_labels"
+OBJECT_BOX_ALPHA = 0.4
+OBJECT_TEXT_HEIGHT_M = 0.15
+
+
+def _time_or_zero(stamp_ns: int) -> Time:
+    return ns_to_stamp(stamp_ns) if stamp_ns is not None and stamp_ns >= 0 else Time()
+
+
+def object_to_slot(obj: MapObject, header: Header) -> ObjectSlot:
+    """ObjectSlot of one extracted object (ids and counts clipped to the message's unsigned ranges)."""
+    msg = ObjectSlot()
+    msg.header = header
+    msg.id = int(obj.id)
+    msg.class_id = ObjectSlot.CLASS_UNKNOWN if obj.class_id < 0 else int(obj.class_id)
+    msg.class_name = obj.class_name if obj.class_id >= 0 else ""
+    msg.confidence = float(obj.class_confidence) if obj.class_id >= 0 else 0.0
+    msg.slot_confidence = float(obj.slot_confidence)
+    msg.centroid.x, msg.centroid.y, msg.centroid.z = (float(v) for v in obj.centroid_m)
+    p, q = msg.box_pose.position, msg.box_pose.orientation
+    p.x, p.y, p.z = (float(v) for v in obj.box_center_m)
+    q.x, q.y, q.z, q.w = (float(v) for v in obj.box_quat_xyzw)
+    msg.box_size.x, msg.box_size.y, msg.box_size.z = (float(v) for v in obj.box_size_m)
+    msg.voxel_count = int(obj.voxel_count)
+    msg.first_seen = _time_or_zero(obj.first_seen_ns)
+    msg.last_seen = _time_or_zero(obj.last_seen_ns)
+    msg.observed_fraction = float(obj.observed_fraction)
+    return msg
+
+
+def objects_to_msg(objects: list, stamp_ns: int, frame_id: str) -> ObjectSlotArray:
+    """ObjectSlotArray of the map's objects, sorted by id; every slot carries the array's header."""
+    header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+    msg = ObjectSlotArray()
+    msg.header = header
+    msg.slots = [object_to_slot(o, header) for o in sorted(objects, key=lambda o: o.id)]
+    return msg
+
+
+def objects_to_markers(objects: list, stamp_ns: int, frame_id: str) -> MarkerArray:
+    """RViz markers of the objects: a DELETEALL first (objects that vanished disappear), then per object
+    an oriented CUBE (colour from its id, translucent) and a TEXT_VIEW_FACING "<class> #<id>" above it."""
+    header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+    clear = Marker()
+    clear.header = header
+    clear.action = Marker.DELETEALL
+    markers = [clear]
+    for obj in sorted(objects, key=lambda o: o.id):
+        r, g, b = object_color(obj.id)
+        box = Marker()
+        box.header = header
+        box.ns, box.id = OBJECT_BOX_NS, int(obj.id)
+        box.type, box.action = Marker.CUBE, Marker.ADD
+        box.pose.position.x, box.pose.position.y, box.pose.position.z = (float(v) for v in obj.box_center_m)
+        q = box.pose.orientation
+        q.x, q.y, q.z, q.w = (float(v) for v in obj.box_quat_xyzw)
+        box.scale.x, box.scale.y, box.scale.z = (max(float(v), 1e-3) for v in obj.box_size_m)
+        box.color = ColorRGBA(r=float(r), g=float(g), b=float(b), a=OBJECT_BOX_ALPHA)
+        text = Marker()
+        text.header = header
+        text.ns, text.id = OBJECT_LABEL_NS, int(obj.id)
+        text.type, text.action = Marker.TEXT_VIEW_FACING, Marker.ADD
+        text.pose.position.x, text.pose.position.y = float(obj.box_center_m[0]), float(obj.box_center_m[1])
+        text.pose.position.z = float(obj.box_center_m[2] + obj.box_size_m[2] / 2.0 + OBJECT_TEXT_HEIGHT_M)
+        text.pose.orientation.w = 1.0
+        text.scale.z = OBJECT_TEXT_HEIGHT_M
+        text.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+        text.text = f"{obj.class_name if obj.class_id >= 0 else 'unknown'} #{obj.id}"
+        markers += [box, text]
+    return MarkerArray(markers=markers)

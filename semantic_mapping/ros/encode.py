@@ -7,6 +7,7 @@ PointCloud2 of the labelled voxel map, little-endian, one point per voxel:
     label        uint32   class id (the LabelSpace's ignore_id where unknown)
     confidence   float32  probability of the label
     predicted    uint8    1 where scene completion predicted the voxel, 0 where observed
+    slot         uint32   id of the object (ObjectSlot.id on ~/objects) the voxel belongs to, 0 = none
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ POINT_FIELDS = (
     ("label", 16, "uint32"),
     ("confidence", 20, "float32"),
     ("predicted", 24, "uint8"),
+    ("slot", 28, "uint32"),
 )
-POINT_STEP = 28
+POINT_STEP = 32
 
 CLOUD_DTYPE = np.dtype({
     "names": [n for n, _, _ in POINT_FIELDS],
@@ -62,7 +64,17 @@ def voxels_to_cloud_bytes(voxels: LabelledVoxels, label_colors: np.ndarray, colo
         cloud["label"] = voxels.labels.astype(np.uint32)
         cloud["confidence"] = voxels.confidence
         cloud["predicted"] = voxels.predicted.astype(np.uint8)
+        cloud["slot"] = np.clip(voxels.object_ids, 0, None).astype(np.uint32)
     return cloud.tobytes(), POINT_STEP
+
+
+def object_color(object_id: int) -> tuple[float, float, float]:
+    """Display colour (r, g, b in [0, 1]) of an object id: hues spread by the golden ratio, so that
+    neighbouring ids differ and an object keeps its colour while its id is stable."""
+    import colorsys
+
+    hue = (int(object_id) * 0.618033988749895) % 1.0
+    return colorsys.hsv_to_rgb(hue, 0.75, 0.95)
 
 
 def cloud_bytes_to_arrays(data: bytes, point_step: int, n: int) -> dict:

@@ -4,13 +4,19 @@ Threads: the executor runs the subscription callbacks, which only decode message
 to the library's FrameAssembler; assembled frames go into a bounded queue (the oldest is dropped
 and counted when it is full) that a worker thread integrates into the Mapper; the same worker
 builds and publishes the map outputs between frames, and only for outputs someone subscribes to.
+Object slots (DiscoNeRF) are fitted in a thread of their own at node.objects_rate_hz: integration
+only queues object views; that thread turns them into views and extracts the objects holding the
+map lock briefly, and runs the optimisation steps (at most node.objects_max_steps_per_cycle per
+cycle) without it, so integration never waits for the optimisation.
 
 Subscribed (relative names, remappable): rgb/image, rgb/camera_info, depth/image,
 depth/camera_info (only when depth is not registered to rgb), pose (PoseStamped,
 PoseWithCovarianceStamped or Odometry per node.pose_source; or TF), semantic/labels,
 semantic/confidence, semantic/probabilities, instances/masks; ~/render/pose (PoseStamped, map frame).
 Published: ~/voxels (PointCloud2), ~/mesh (Marker), ~/traversability (OccupancyGrid),
-~/label_space (LabelSpace), ~/status (MapperStatus), /diagnostics (DiagnosticArray), and
+~/label_space (LabelSpace), ~/status (MapperStatus), ~/objects (ObjectSlotArray: the objects of
+the map, sorted by id), ~/object_markers (MarkerArray: a box and a "<class> #<id>" label per
+object, after a DELETEALL), /diagnostics (DiagnosticArray), and
 Gaussian-splat renders ~/render/{rgb, semantic (mono8 class ids), semantic_color, depth (32FC1),
 camera_info}: a render thread of their own makes them while someone subscribes, from the requested
 pose or following the camera; it holds the map lock only to bring the Gaussians up to date.
@@ -42,7 +48,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import ColorRGBA, Header
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import Marker
+from visualization_msgs.msg import Marker, MarkerArray
 
 from semantic_mapping.config import ConfigError, load_config
 from semantic_mapping.geometry.pose import T_from_quat_xyzw
@@ -55,7 +61,7 @@ from semantic_mapping.io.frame_assembly import (
     frame_from_parts,
 )
 from semantic_mapping.msg import LabelSpace as LabelSpaceMsg
-from semantic_mapping.msg import MapperStatus
+from semantic_mapping.msg import MapperStatus, ObjectSlotArray
 from semantic_mapping.pipeline import Mapper
 from semantic_mapping.ros import conversions as conv
 from semantic_mapping.ros.node_config import (
@@ -82,6 +88,8 @@ OUTPUT_TOPICS = {
     "grid": ("~/traversability", OccupancyGrid),
     "label_space": ("~/label_space", LabelSpaceMsg),
     "status": ("~/status", MapperStatus),
+    "objects": ("~/objects", ObjectSlotArray),
+    "object_markers": ("~/object_markers", MarkerArray),
 }
 RENDER_TOPICS = {
     "rgb": ("~/render/rgb", Image),
@@ -94,7 +102,12 @@ RENDER_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryP
 # parameters that may change while the node runs; the rest need a restart
 RUNTIME_PARAMETERS = {"node.voxels_rate_hz", "node.mesh_rate_hz", "node.grid_rate_hz", "node.status_rate_hz",
                       "node.color_by", "node.default_map_path", "node.render_rate_hz", "node.render_width_px",
-                      "node.render_height_px", "node.render_follow_camera", "node.render_pose_hold_s"}
+                      "node.render_height_px", "node.render_follow_camera", "node.render_pose_hold_s",
+                      "node.objects_rate_hz", "node.objects_max_steps_per_cycle"}
+# object-slot optimisation steps run per hold of the objects lock (a reset waits for one chunk at most)
+OBJECT_STEPS_PER_CHUNK = 2
+# before each chunk the objects thread lets queued frames be integrated first, waiting this long at most
+OBJECT_YIELD_MAX_S = 0.25
 
 SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=10,
                         durability=DurabilityPolicy.VOLATILE)
@@ -152,12 +165,17 @@ class MappingNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         self.params = self._declare_parameters()
         p = self.params
-        self.mapper = Mapper(p.mapper)
+        # integrate() only queues object views; the objects thread fits and extracts them
+        self.mapper = Mapper(p.mapper, objects_in_background=True)
         self.label_space = self.mapper.label_space
         self._T_pose_cam = T_from_quat_xyzw(p.node.T_pose_cam[:3], p.node.T_pose_cam[3:])
 
         self._lock = threading.Lock()  # assembler, queue, counters
         self._mapper_lock = threading.Lock()
+        # the object-slot field: held by the objects thread for each piece of its work and, before the
+        # mapper lock, by whatever resets the map (lock order: objects, then mapper, then _lock)
+        self._objects_lock = threading.Lock()
+        self._stop = threading.Event()
         self._wake = threading.Condition(self._lock)
         self._queue: collections.deque = collections.deque()
         self._drops: collections.Counter = collections.Counter()  # frames, by reason
@@ -167,6 +185,7 @@ class MappingNode(Node):
         self._integrate_ms: collections.deque = collections.deque(maxlen=300)
         self._frames_assembled = 0
         self._map_version = 0
+        self._objects_version = 0  # extractions so far: the voxel cloud's slot field follows them
         self._published_version = {"voxels": -1, "mesh": -1, "grid": -1}
         self._last_publish = {"voxels": 0.0, "mesh": 0.0, "grid": 0.0}
         self._last_subscribers = {"voxels": 0, "mesh": 0, "grid": 0}
@@ -179,6 +198,9 @@ class MappingNode(Node):
         self._camera_view = None  # (T_world_cam, stamp_ns, intrinsics) of the latest integrated frame
         self._requested_view = None  # (T_world_cam, stamp_ns, monotonic receipt s) from ~/render/pose
         self._render_stats = {"renders": 0, "last_ms": 0.0, "gaussians": 0}
+        self._objects_stats = {"count": 0, "views": 0, "views_without_masks": 0, "frames_dropped": 0, "steps_due": 0,
+                               "steps": 0, "slots": 0, "field_voxels": 0, "cycles": 0, "errors": 0,
+                               "last_ms": 0.0, "optimise_ms": 0.0, "map_lock_ms": 0.0}
 
         self.assembler = FrameAssembler(p.assembly, pose_lookup=self._tf_lookup() if p.node.pose_source == "tf" else None)
 
@@ -216,18 +238,23 @@ class MappingNode(Node):
                           clock=steady)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish_label_space()
+        self._publish_objects([], self._stamp_ns())  # consumers see "no objects yet", not silence
 
         self._running = True
         self._worker = threading.Thread(target=self._work, name="mapping_worker", daemon=True)
         self._worker.start()
         self._render_thread = threading.Thread(target=self._render_loop, name="render_worker", daemon=True)
         self._render_thread.start()
+        self._objects_thread = threading.Thread(target=self._objects_loop, name="objects_worker", daemon=True)
+        self._objects_thread.start()
         self.get_logger().info(
             f"ready: voxel {self.mapper.voxel_size_m:.3f} m on {self.mapper.map.device}, pose from "
             f"{p.node.pose_source}, map frame '{p.node.map_frame}', queue {p.node.queue_size}, semantics "
             f"{self.mapper.semantics_method}" + (f" (weights {p.mapper.voting.weights or 'shipped'}, at most "
                                                  f"{p.mapper.voting.max_voxels_per_frame or 'all'} voxels voted per frame)"
                                                  if self.mapper.voting is not None else "")
+            + (f", objects from {p.mapper.objects.mask_source} masks at {p.node.objects_rate_hz:g} Hz"
+               if self.mapper.object_slots is not None else ", objects off")
         )
 
     # ------------------------------------------------------------------ parameters
@@ -414,7 +441,7 @@ class MappingNode(Node):
                 reset, self._reset_requested = self._reset_requested, False
             try:
                 if reset:
-                    with self._mapper_lock:
+                    with self._objects_lock, self._mapper_lock:
                         self.mapper.reset()
                     with self._lock:
                         self._map_version += 1
@@ -477,7 +504,7 @@ class MappingNode(Node):
             if rate <= 0 or subscribers == 0:
                 continue
             with self._lock:
-                version = self._map_version
+                version = (self._map_version, self._objects_version) if name == "voxels" else self._map_version
             if version == self._published_version[name] and not new_subscriber:
                 continue
             if now - self._last_publish[name] < 1.0 / rate and not new_subscriber:
@@ -578,6 +605,88 @@ class MappingNode(Node):
             self._render_stats = {"renders": self._render_stats["renders"] + 1,
                                   "last_ms": 1000 * (time.perf_counter() - t0), "gaussians": len(scene)}
 
+    # ------------------------------------------------------------------ objects
+    def _objects_loop(self) -> None:
+        extracted_version = None  # map version of the last extraction
+        while self._running and self.context.ok():
+            node = self.params.node
+            period_s = 1.0 / node.objects_rate_hz if node.objects_rate_hz > 0 else 0.5
+            t0 = time.monotonic()
+            try:
+                if node.objects_rate_hz > 0 and self.mapper.object_slots is not None:
+                    extracted_version = self._objects_cycle(node.objects_max_steps_per_cycle, extracted_version)
+            except Exception as exc:
+                if not (self._running and self.context.ok()):
+                    return
+                self.get_logger().error(f"objects: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+                with self._lock:
+                    self._objects_stats["errors"] += 1
+            self._stop.wait(max(0.0, period_s - (time.monotonic() - t0)))
+
+    def _objects_cycle(self, max_steps: int, extracted_version):
+        """One cycle: queued frames -> views (map lock), optimisation (no map lock, in chunks), extraction
+        (map lock) and publication when anything changed. Returns the map version extracted at."""
+        slots = self.mapper.object_slots
+        t0 = time.perf_counter()
+        views, lock_s = 0, 0.0  # lock_s: time this cycle held the map lock (integration waits that long at most)
+        if slots.pending_frames:  # (offer() appends under the map lock; a frame missed now waits a cycle)
+            with self._objects_lock, self._mapper_lock:
+                t_lock = time.perf_counter()
+                views = slots.prepare(self.mapper.map)
+                lock_s = time.perf_counter() - t_lock
+        steps, t_opt = 0, time.perf_counter()
+        while steps < max_steps and self._running:
+            self._yield_to_integration()
+            with self._objects_lock:
+                done = slots.optimise(min(OBJECT_STEPS_PER_CHUNK, max_steps - steps))
+            if done == 0:
+                break
+            steps += done
+        optimise_ms = 1000 * (time.perf_counter() - t_opt)
+        with self._lock:
+            version = self._map_version
+        extracted = None
+        if views or steps or version != extracted_version:
+            with self._objects_lock, self._mapper_lock:
+                t_lock = time.perf_counter()
+                with self._lock:
+                    version = self._map_version  # no integration runs while the mapper lock is held
+                    camera = self._camera_view
+                extracted = self.mapper.extract_objects()
+                lock_s += time.perf_counter() - t_lock
+            with self._lock:
+                self._objects_version += 1
+                self._objects_stats["count"] = len(extracted)  # before publishing: diagnostics never lag ~/objects
+            stamp_ns = camera[1] if camera is not None else self._stamp_ns()
+            self._publish_objects(extracted, stamp_ns)
+            extracted_version = version
+        with self._objects_lock:
+            snapshot = {"views": slots.counters["views"], "views_without_masks": slots.counters["views_without_masks"],
+                        "frames_dropped": slots.counters["frames_dropped"], "steps_due": slots.steps_due,
+                        "slots": slots.field.num_slots, "field_voxels": slots.field.num_voxels}
+        with self._lock:
+            stats = self._objects_stats
+            stats.update(snapshot)
+            stats["steps"] += steps
+            stats["cycles"] += 1
+            if steps or extracted is not None:
+                stats["last_ms"] = 1000 * (time.perf_counter() - t0)
+                stats["optimise_ms"] = optimise_ms
+                stats["map_lock_ms"] = 1000 * lock_s
+        return extracted_version
+
+    def _yield_to_integration(self) -> None:
+        """Frames first: while frames wait in the queue, hold back (up to OBJECT_YIELD_MAX_S) so that the
+        optimisation does not take the cores the integration needs (it never blocks it: no map lock)."""
+        end = time.monotonic() + OBJECT_YIELD_MAX_S
+        while self._queue and self._running and time.monotonic() < end:  # (a racy read is fine here)
+            time.sleep(0.01)  # polls: waiting on _wake could take the worker's notify
+
+    def _publish_objects(self, objects: list, stamp_ns: int) -> None:
+        frame_id = self.params.node.map_frame
+        self.pubs["objects"].publish(conv.objects_to_msg(objects, stamp_ns, frame_id))
+        self.pubs["object_markers"].publish(conv.objects_to_markers(objects, stamp_ns, frame_id))
+
     def status(self) -> MapperStatus:
         now = time.monotonic_ns()
         with self._lock:
@@ -590,6 +699,7 @@ class MappingNode(Node):
             msg.frames_received = self._frames_assembled
             msg.input_rate_hz = float(self._rates["rgb"].hz(now))
             msg.integration_rate_hz = float(self._rates["integrated"].hz(now))
+            msg.object_slot_count = int(self._objects_stats["count"])
         with self._mapper_lock:
             msg.frames_integrated = self.mapper.stats.frames_integrated
             msg.voxel_count = int(self.mapper.map.num_voxels)
@@ -639,6 +749,14 @@ class MappingNode(Node):
             values["render.count"] = self._render_stats["renders"]
             values["render.last_ms"] = f"{self._render_stats['last_ms']:.1f}"
             values["render.gaussians"] = self._render_stats["gaussians"]
+            values["objects.enabled"] = self.mapper.object_slots is not None
+            objects = self._objects_stats
+            for key in ("count", "views", "views_without_masks", "frames_dropped", "steps_due", "slots", "field_voxels",
+                        "errors"):
+                values[f"objects.{key}"] = objects[key]
+            values["objects.last_ms"] = f"{objects['last_ms']:.1f}"
+            values["objects.optimise_ms"] = f"{objects['optimise_ms']:.1f}"
+            values["objects.map_lock_ms"] = f"{objects['map_lock_ms']:.1f}"
             values["time_jump_resets"] = self._time_jump_resets
             for role, count in self.assembler.stats.received.items():
                 values[f"received.{role}"] = count
@@ -666,7 +784,7 @@ class MappingNode(Node):
 
     def _on_load(self, request, response):
         try:
-            with self._mapper_lock:
+            with self._objects_lock, self._mapper_lock:
                 self.mapper.load(request.path)
         except Exception as exc:
             response.success, response.message = False, f"could not load {request.path!r} (map unchanged): {exc}"
@@ -684,7 +802,7 @@ class MappingNode(Node):
         with self._lock:
             self.assembler.reset()
             self._queue.clear()
-        with self._mapper_lock:
+        with self._objects_lock, self._mapper_lock:
             self.mapper.reset()
         with self._lock:
             self._map_version += 1
@@ -694,10 +812,12 @@ class MappingNode(Node):
 
     def shutdown(self) -> None:
         self._running = False
+        self._stop.set()
         with self._lock:
             self._wake.notify_all()
         self._worker.join(timeout=5.0)
         self._render_thread.join(timeout=5.0)
+        self._objects_thread.join(timeout=5.0)
 
 
 def main(args: Optional[list] = None) -> int:

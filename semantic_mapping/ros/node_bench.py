@@ -5,7 +5,10 @@
 Starts the node (4 cm voxels, CPU) and the replay driver (semantic_mapping.ros.replay) as separate
 ROS processes over loopback, and reports what fraction of the published frames the node did not
 integrate and the end-to-end latency from image stamp to map update (median and 95th percentile,
-measured by the node over its last 300 frames). No ROS import here: it runs from the library venv.
+measured by the node over its last 300 frames). Object slots run as the node runs them by default
+(objects.enabled, fitted in the node's objects thread from the simulator's instance masks, which the
+driver publishes on instances/masks); the objects the node published for the last frames are
+reported beside the figures. No ROS import here: it runs from the library venv.
 """
 
 from __future__ import annotations
@@ -87,6 +90,9 @@ def run_node_benchmark(
             "node_alive_at_end": node_alive, "work_dir": str(work), "fastdds_transports": transports or "default",
             "reliable_inputs": bool(reliable), "params": extra_params,
             "renders_received": r["renders_received"] if watch_renders else None,
+            "objects": r.get("object_count", 0), "objects_fresh": r.get("objects_fresh", False),
+            "objects_classes": r.get("objects", {}).get("classes", []),
+            "objects_diagnostics": r.get("objects_diagnostics", {}),
         },
     }
 
@@ -127,8 +133,13 @@ def main(argv=None) -> int:
     print(f"node at {args.rate:g} Hz, {args.width} px, {args.frames} frames: drop rate "
           f"{100 * result['node.drop_rate']:.1f} %, latency image stamp -> map update "
           f"median {result['node.latency_ms_p50']:.0f} ms, p95 {result['node.latency_ms_p95']:.0f} ms, "
-          f"{result['detail']['renders_received'] if not args.no_renders else 'no'} renders watched "
+          f"{result['detail']['renders_received'] if not args.no_renders else 'no'} renders watched, "
+          f"{result['detail']['objects']} objects published"
+          f"{'' if result['detail']['objects_fresh'] else ' (not of the last frames)'} "
           f"({time.monotonic() - t0:.0f} s)")
+    objects = result["detail"]["objects_diagnostics"]
+    if objects:
+        print("objects: " + ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in objects.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(figures(result), indent=2))
     return 0

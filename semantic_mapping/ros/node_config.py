@@ -44,6 +44,8 @@ PUBLISHED_TOPICS = {
     "~/render/semantic_color": "sensor_msgs/msg/Image",
     "~/render/depth": "sensor_msgs/msg/Image",
     "~/render/camera_info": "sensor_msgs/msg/CameraInfo",
+    "~/objects": "semantic_mapping/msg/ObjectSlotArray",
+    "~/object_markers": "visualization_msgs/msg/MarkerArray",
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
 }
 SERVICES = {
@@ -66,6 +68,8 @@ def resolved_topic(name: str, node_name: str = NODE_NAME, namespace: str = "/") 
 POSE_SOURCES = ("pose_stamped", "pose_with_covariance", "odometry", "tf")
 TIME_JUMP_POLICIES = ("reset", "refuse")
 COLOR_MODES = ("label", "rgb")
+OBJECT_MASK_SOURCES = ("auto", "frame", "geometric")  # semantic_mapping.objects.slots.MASK_SOURCES
+OBJECT_MATCHING = ("hungarian", "argmax")
 
 
 @dataclass
@@ -111,6 +115,11 @@ class NodeConfig:
     """A pose received on ~/render/pose is rendered from for this long, then following resumes; 0: for ever."""
     render_hfov_deg: float = 62.7
     """Horizontal field of view of the renders until the first camera_info arrives."""
+    objects_rate_hz: float = 1.0
+    """Rate of the object-slot cycle (views from queued frames, optimisation, extraction, ~/objects and
+    ~/object_markers) in a thread of its own that holds the map lock only to read the map; 0 pauses it."""
+    objects_max_steps_per_cycle: int = 60
+    """Object-slot optimisation steps run per cycle at most; the rest stay due for the next cycles."""
 
 
 @dataclass
@@ -266,6 +275,9 @@ def check_values(params: NodeParameters) -> None:
         raise ConfigError(f"node.render_width_px/render_height_px: at least 8 pixels, got {n.render_width_px}x{n.render_height_px}")
     if not 1.0 <= n.render_hfov_deg < 179.0:
         raise ConfigError(f"node.render_hfov_deg: expected 1..179 degrees, got {n.render_hfov_deg}")
+    _check_objects(params.mapper.objects)
+    if n.objects_max_steps_per_cycle < 1:
+        raise ConfigError(f"node.objects_max_steps_per_cycle: must be >= 1, got {n.objects_max_steps_per_cycle}")
     splatting = params.mapper.splatting
     if splatting.backend not in ("auto", "gsplat", "cpu"):
         raise ConfigError(f"splatting.backend: expected one of ['auto', 'gsplat', 'cpu'], got {splatting.backend!r}")
@@ -274,3 +286,31 @@ def check_values(params: NodeParameters) -> None:
         raise ConfigError(f"node.T_pose_cam: the quaternion {list(q)} is not unit length")
     if params.mapper.fusion.device not in ("auto", "cpu") and not str(params.mapper.fusion.device).startswith("cuda"):
         raise ConfigError(f"fusion.device: expected 'auto', 'cpu' or 'cuda[:N]', got {params.mapper.fusion.device!r}")
+
+
+def _check_objects(o) -> None:
+    """Choices and ranges of the objects.* parameters; ConfigError names the parameter."""
+    for name, value, choices in (("objects.mask_source", o.mask_source, OBJECT_MASK_SOURCES),
+                                 ("objects.matching", o.matching, OBJECT_MATCHING)):
+        if value not in choices:
+            raise ConfigError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    for name, value, low in (("view_interval_frames", o.view_interval_frames, 1), ("view_width_px", o.view_width_px, 8),
+                             ("max_views", o.max_views, 1), ("feature_dim", o.feature_dim, 1),
+                             ("feature_levels", o.feature_levels, 1), ("hidden_dim", o.hidden_dim, 1),
+                             ("min_slots", o.min_slots, 1), ("steps_per_view", o.steps_per_view, 0),
+                             ("batch_views", o.batch_views, 1), ("mask_dilation_px", o.mask_dilation_px, 0),
+                             ("min_object_voxels", o.min_object_voxels, 1),
+                             ("geometric.normal_window_px", o.geometric.normal_window_px, 1)):
+        if value < low:
+            raise ConfigError(f"objects.{name}: must be >= {low}, got {value}")
+    for name, value, low, high, low_open in (
+        ("min_mask_area_fraction", o.min_mask_area_fraction, 0.0, 1.0, False),
+        ("contained_fraction", o.contained_fraction, 0.0, 1.0, True),
+        ("geometric.depth_edge_rel", o.geometric.depth_edge_rel, 0.0, math.inf, True),
+        ("geometric.normal_edge_deg", o.geometric.normal_edge_deg, 0.0, 180.0, True),
+    ):
+        if not (low < value <= high if low_open else low <= value <= high):
+            raise ConfigError(f"objects.{name}: expected {'(' if low_open else '['}{low}, {high}], got {value}")
+    for name, value in (("learning_rate", o.learning_rate), ("lambda_fp", o.lambda_fp), ("lambda_tv", o.lambda_tv)):
+        if value < 0 or (name == "learning_rate" and value == 0):
+            raise ConfigError(f"objects.{name}: must be {'> 0' if name == 'learning_rate' else '>= 0'}, got {value}")

@@ -4,8 +4,8 @@
 
 Pre-renders the frames (so that rendering does not compete with the node while streaming), then
 publishes them at `--rate` Hz, stamped with the current time: camera_info, pose, depth (16UC1 mm),
-labels (mono8) + confidence (32FC1), masks (16UC1), rgb8. It reads the node's outputs and status
-and writes a JSON result. With --checks it also: streams a few frames before any camera_info
+labels (mono8) + confidence (32FC1), instance masks (16UC1, the simulator's), rgb8. It reads the
+node's outputs, status and objects (~/objects, ~/object_markers) and writes a JSON result. With --checks it also: streams a few frames before any camera_info
 (must be dropped), compares the node's map with the library's own on the same frames (3D mIoU
 against ground truth), exercises save -> reset -> load, and sends a stream of malformed messages.
 """
@@ -30,10 +30,10 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import Marker
+from visualization_msgs.msg import Marker, MarkerArray
 
 from semantic_mapping.msg import LabelSpace as LabelSpaceMsg
-from semantic_mapping.msg import MapperStatus
+from semantic_mapping.msg import MapperStatus, ObjectSlot, ObjectSlotArray
 from semantic_mapping.ros import conversions as conv
 from semantic_mapping.srv import LoadMap, SaveMap
 
@@ -99,7 +99,8 @@ class Driver(Node):
             self.pubs[topic] = self.create_publisher(t, topic, SENSOR_PUB_QOS)
         self.latest = {}
         self.counts = {}
-        for key, topic, t in (("label_space", "label_space", LabelSpaceMsg), ("status", "status", MapperStatus)):
+        for key, topic, t in (("label_space", "label_space", LabelSpaceMsg), ("status", "status", MapperStatus),
+                              ("objects", "objects", ObjectSlotArray), ("object_markers", "object_markers", MarkerArray)):
             self.create_subscription(t, f"/{node_name}/{topic}", lambda m, k=key: self._store(k, m), MAP_QOS)
         self.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._store("diagnostics", m), 10)
         self.save = self.create_client(SaveMap, f"/{node_name}/save_map")
@@ -189,7 +190,64 @@ def stream(driver: Driver, frames: list, rate_hz: float, with_camera_info: bool 
 
 def _cloud_summary(msg) -> dict:
     arrays = conv.cloud_to_arrays(msg)
-    return {"points": int(len(arrays["label"])), "fields": [f.name for f in msg.fields]}
+    slots = arrays["slot"]
+    return {"points": int(len(arrays["label"])), "fields": [f.name for f in msg.fields],
+            "slot_nonzero": int((slots > 0).sum()), "slot_ids": sorted(int(v) for v in np.unique(slots[slots > 0]))}
+
+
+def objects_summary(msg, label_names: list) -> dict:
+    """What an ObjectSlotArray holds, and whether it keeps the message's contract."""
+    slots = list(msg.slots)
+    ids = [int(s.id) for s in slots]
+
+    def class_ok(s) -> bool:
+        if s.class_id == ObjectSlot.CLASS_UNKNOWN:
+            return s.class_name == ""
+        return 0 <= s.class_id < len(label_names) and s.class_name == label_names[s.class_id]
+
+    return {
+        "count": len(slots), "ids": ids, "frame_id": msg.header.frame_id, "stamp_ns": conv.stamp_to_ns(msg.header.stamp),
+        "ids_sorted_unique": ids == sorted(set(ids)),
+        "class_names_consistent": all(class_ok(s) for s in slots),
+        "classes": sorted({s.class_name or "unknown" for s in slots}),
+        "min_box_size_m": min((min(s.box_size.x, s.box_size.y, s.box_size.z) for s in slots), default=0.0),
+        "confidence_in_range": all(0.0 <= s.confidence <= 1.0 and 0.0 <= s.slot_confidence <= 1.0
+                                   and 0.0 <= s.observed_fraction <= 1.0 for s in slots),
+        "mean_slot_confidence": float(np.mean([s.slot_confidence for s in slots])) if slots else 0.0,
+        "voxels": int(sum(s.voxel_count for s in slots)),
+        "headers_match": all(s.header.frame_id == msg.header.frame_id and s.header.stamp == msg.header.stamp
+                             for s in slots),
+    }
+
+
+def markers_summary(msg) -> dict:
+    markers = list(msg.markers)
+    return {"count": len(markers), "first_action": int(markers[0].action) if markers else -1,
+            "cubes": sum(1 for m in markers if m.type == Marker.CUBE and m.action == Marker.ADD),
+            "texts": sum(1 for m in markers if m.type == Marker.TEXT_VIEW_FACING and m.action == Marker.ADD),
+            "texts_sample": [m.text for m in markers if m.type == Marker.TEXT_VIEW_FACING][:5]}
+
+
+def _diagnostics(driver: Driver) -> dict:
+    diag = driver.latest.get("diagnostics")
+    return {kv.key: kv.value for st in diag.status for kv in st.values} if diag else {}
+
+
+def wait_for_objects(driver: Driver, after_ns: int, timeout_s: float) -> bool:
+    """Wait for a non-empty ~/objects extracted at a map stamp of at least `after_ns`; False at once
+    when the node's diagnostics say objects are off."""
+    def fresh():
+        msg = driver.latest.get("objects")
+        return msg is not None and len(msg.slots) > 0 and conv.stamp_to_ns(msg.header.stamp) >= after_ns
+
+    def done():
+        return fresh() or _diagnostics(driver).get("objects.enabled") == "False"
+    if not driver.wait_for(done, timeout_s, "the objects of the streamed frames") or not fresh():
+        return False
+    # then the optimisation steps still due, and the extraction after them
+    driver.wait_for(lambda: _diagnostics(driver).get("objects.steps_due") == "0", timeout_s, "the objects' steps")
+    driver.spin_for(1.5)
+    return fresh()
 
 
 def _map_quality(mapper_path: str, config, mesh) -> dict:
@@ -305,7 +363,7 @@ def render_checks(driver: Driver, frame, stamps: list) -> dict:
 
 
 def run(args) -> dict:
-    from semantic_mapping.config import FusionConfig, MapperConfig
+    from semantic_mapping.config import FusionConfig, MapperConfig, ObjectsConfig
 
     t0 = time.monotonic()
     recording, frames = simulated_frames(args.seed, args.frames + (3 if args.checks else 0), args.width)
@@ -340,6 +398,8 @@ def run(args) -> dict:
                 and r not in ("no_camera_info",)) >= total
         driver.wait_for(settled, args.settle_timeout, "the node to integrate every frame")
         driver.spin_for(1.0)
+        # objects of the last frames (the objects thread runs at node.objects_rate_hz)
+        objects_fresh = wait_for_objects(driver, stamps[max(0, len(stamps) - 5)] if stamps else 0, args.objects_timeout)
         status = driver.fresh_status()
         drops = driver.status_drops()
         result.update({
@@ -353,7 +413,16 @@ def run(args) -> dict:
             "voxel_count": int(status.voxel_count),
             "stream_s": (stamps[-1] - stamps[0]) / 1e9 if len(stamps) > 1 else 0.0,
             "renders_received": driver.counts.get("render_semantic", 0),
+            "objects_fresh": objects_fresh,
+            "object_count": len(driver.latest["objects"].slots) if "objects" in driver.latest else 0,
+            "objects_messages": driver.counts.get("objects", 0),
         })
+        label_names = list(driver.latest["label_space"].names)
+        if "objects" in driver.latest:
+            result["objects"] = objects_summary(driver.latest["objects"], label_names)
+        if "object_markers" in driver.latest:
+            result["object_markers"] = markers_summary(driver.latest["object_markers"])
+        result["objects_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("objects.")}
         if not args.checks:
             return result
 
@@ -361,8 +430,19 @@ def run(args) -> dict:
         driver.subscribe_map_outputs()
         driver.wait_for(lambda: all(k in driver.latest for k in ("voxels", "grid", "mesh")), 20.0, "voxels, grid and mesh")
         driver.spin_for(1.5)  # the newest versions after the last frame
+        def slots_agree():  # the cloud's slot ids are objects of the latest ~/objects
+            cloud, objects = driver.latest.get("voxels"), driver.latest.get("objects")
+            if cloud is None or objects is None:
+                return False
+            ids = {int(s.id) for s in objects.slots}
+            return bool(ids) and set(_cloud_summary(cloud)["slot_ids"]) <= ids
+        result["voxel_slots_are_objects"] = driver.wait_for(slots_agree, 10.0, "the cloud's slots to match ~/objects")
         voxels = driver.latest.get("voxels")
         result["voxels"] = _cloud_summary(voxels) if voxels else None
+        if "objects" in driver.latest:
+            result["objects"] = objects_summary(driver.latest["objects"], label_names)
+        if "object_markers" in driver.latest:
+            result["object_markers"] = markers_summary(driver.latest["object_markers"])
         grid = driver.latest.get("grid")
         result["grid"] = {"width": grid.info.width, "height": grid.info.height,
                           "free": int(sum(1 for v in grid.data if v == 0)),
@@ -380,7 +460,9 @@ def run(args) -> dict:
         tmp = Path(tempfile.mkdtemp(prefix="sm_replay_"))
         saved = driver.call(driver.save, SaveMap.Request(path=str(tmp / "node_map.npz")))
         result["save"] = {"success": saved.success, "message": saved.message}
-        config = MapperConfig(fusion=FusionConfig(voxel_size_m=args.voxel_size, device="cpu"))
+        # the map's labels are compared; the reference needs no object slots
+        config = MapperConfig(fusion=FusionConfig(voxel_size_m=args.voxel_size, device="cpu"),
+                              objects=ObjectsConfig(enabled=False))
         if saved.success:
             from semantic_mapping.pipeline import Mapper
 
@@ -440,6 +522,8 @@ def main(argv=None) -> int:
     parser.add_argument("--node-name", default="semantic_mapping")
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument("--settle-timeout", type=float, default=30.0)
+    parser.add_argument("--objects-timeout", type=float, default=15.0,
+                        help="seconds to wait after the stream for the objects of its last frames")
     parser.add_argument("--checks", action="store_true")
     parser.add_argument("--watch-renders", action="store_true",
                         help="subscribe to the node's Gaussian-splat renders while streaming (a viewer's load)")
@@ -448,7 +532,7 @@ def main(argv=None) -> int:
     result = run(args)
     Path(args.out).write_text(json.dumps(result, indent=2, default=float))
     print(json.dumps({k: v for k, v in result.items() if k in ("integrated", "drop_rate", "latency_ms_p50",
-                                                               "latency_ms_p95")}))
+                                                               "latency_ms_p95", "object_count")}))
     return 0
 
 
