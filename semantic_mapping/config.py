@@ -206,9 +206,9 @@ class ObjectsConfig:
     """Fewest slots; N = max(this, 2 x the most masks seen in one view), grown when needed."""
     learning_rate: float = 0.05
     """Adam learning rate of the features and the decoder."""
-    steps_per_view: int = 15
+    steps_per_view: int = 25
     """Optimisation steps run for every new object view."""
-    batch_views: int = 4
+    batch_views: int = 8
     """Views per optimisation step: the newest plus randomly drawn older ones."""
     lambda_fp: float = 0.01
     """Weight of the false-positive loss (Eq. 6)."""

@@ -181,3 +181,25 @@ def test_objects_saved_with_the_map_and_listed_by_the_cli(revisited, tmp_path, c
     assert sorted(o["id"] for o in listing["objects"]) == sorted(saved)
     assert (tmp_path / "map_objects.png").stat().st_size > 1000
     assert f"{len(saved)} objects" in capsys.readouterr().out
+
+
+def test_a_slow_caller_skips_steps_instead_of_piling_them_up(monkeypatch):
+    from semantic_mapping.objects.slots import ObjectSlots
+    from semantic_mapping.semantics.label_space import default_label_space
+    from semantic_mapping.types import CameraIntrinsics, Frame
+
+    config = ObjectsConfig(mask_source="frame", view_interval_frames=1, steps_per_view=5)
+    slots = ObjectSlots(config, default_label_space())
+    _, _, views = _two_box_views(6)
+    monkeypatch.setattr(slots, "make_view", lambda voxel_map, frame: views[frame.stamp_ns])
+    intrinsics = CameraIntrinsics(100.0, 100.0, 15.5, 11.5, 32, 24)
+    for stamp in range(6):
+        slots.offer(Frame(np.zeros((24, 32, 3), np.uint8), np.ones((24, 32), np.float32), intrinsics, np.eye(4), stamp,
+                          instance_masks=np.ones((24, 32), np.int32)))
+        if stamp == 1:
+            assert slots.pending_frames == 2
+            slots.prepare(None)
+    assert slots.steps_due == 10 and slots.pending_frames == 4
+    slots.prepare(None)
+    assert slots.steps_due == 20 and slots.counters["steps_skipped"] == 10 and slots.counters["views"] == 6
+    assert slots.optimise(max_steps=7) == 7 and slots.steps_due == 13

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MASK_SOURCES = ("auto", "frame", "geometric")
 _MAX_PENDING_FRAMES = 4
+_MAX_VIEWS_BEHIND = 4  # optimisation steps due are capped at this many views' worth
 _FORWARD_STEPS = np.array(
     [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) > (0, 0, 0)], np.int64
 )  # [13, 3]: each 26-neighbour pair once
@@ -86,7 +87,7 @@ class ObjectSlots:
         self._frames_since_view = self.config.view_interval_frames  # the first frame is a view
         self._pending: collections.deque = collections.deque()
         self._steps_due = 0
-        self.counters = collections.Counter()  # views, views_without_masks, frames_dropped
+        self.counters = collections.Counter()  # views, views_without_masks, frames_dropped, steps_skipped
         self._object_keys = np.zeros(0, np.int64)  # [M] sorted packed voxel indices of the last extraction
         self._object_ids = np.zeros(0, np.int64)  # [M] their object ids
         self._next_id = 1
@@ -121,7 +122,10 @@ class ObjectSlots:
             view = self.make_view(voxel_map, frame)
             if view is not None and self.field.add_view(*view):
                 added += 1
-                self._steps_due += self.config.steps_per_view
+                due = self._steps_due + self.config.steps_per_view
+                cap = _MAX_VIEWS_BEHIND * self.config.steps_per_view  # a slow caller skips steps, never piles them up
+                self.counters["steps_skipped"] += max(due - cap, 0)
+                self._steps_due = min(due, cap)
             else:
                 self.counters["views_without_masks"] += 1
         self.counters["views"] += added

@@ -199,7 +199,7 @@ class MappingNode(Node):
         self._requested_view = None  # (T_world_cam, stamp_ns, monotonic receipt s) from ~/render/pose
         self._render_stats = {"renders": 0, "last_ms": 0.0, "gaussians": 0}
         self._objects_stats = {"count": 0, "views": 0, "views_without_masks": 0, "frames_dropped": 0, "steps_due": 0,
-                               "steps": 0, "slots": 0, "field_voxels": 0, "cycles": 0, "errors": 0,
+                               "steps_skipped": 0, "steps": 0, "slots": 0, "field_voxels": 0, "cycles": 0, "errors": 0,
                                "last_ms": 0.0, "optimise_ms": 0.0, "map_lock_ms": 0.0}
 
         self.assembler = FrameAssembler(p.assembly, pose_lookup=self._tf_lookup() if p.node.pose_source == "tf" else None)
@@ -663,6 +663,7 @@ class MappingNode(Node):
         with self._objects_lock:
             snapshot = {"views": slots.counters["views"], "views_without_masks": slots.counters["views_without_masks"],
                         "frames_dropped": slots.counters["frames_dropped"], "steps_due": slots.steps_due,
+                        "steps_skipped": slots.counters["steps_skipped"],
                         "slots": slots.field.num_slots, "field_voxels": slots.field.num_voxels}
         with self._lock:
             stats = self._objects_stats
@@ -751,8 +752,8 @@ class MappingNode(Node):
             values["render.gaussians"] = self._render_stats["gaussians"]
             values["objects.enabled"] = self.mapper.object_slots is not None
             objects = self._objects_stats
-            for key in ("count", "views", "views_without_masks", "frames_dropped", "steps_due", "slots", "field_voxels",
-                        "errors"):
+            for key in ("count", "views", "views_without_masks", "frames_dropped", "steps_due", "steps_skipped", "slots",
+                        "field_voxels", "errors"):
                 values[f"objects.{key}"] = objects[key]
             values["objects.last_ms"] = f"{objects['last_ms']:.1f}"
             values["objects.optimise_ms"] = f"{objects['optimise_ms']:.1f}"
