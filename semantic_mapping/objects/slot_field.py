@@ -49,6 +49,14 @@ def soft_iou_affinity(mask_counts: torch.Tensor, slot_probs: torch.Tensor,
     return inter / union.clamp_min(1e-9)
 
 
+def sorted_positions(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:  # [N] int64, -1 = absent
+    """Index in `sorted_keys` [M] (ascending, unique) of each of `keys` [N]."""
+    if len(sorted_keys) == 0:
+        return np.full(len(keys), -1, np.int64)
+    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == keys, pos, -1)
+
+
 def match_masks(affinity: np.ndarray, method: str = "hungarian") -> np.ndarray:
     """Slot of each mask [K] int64 from the affinity [K, N]: the Hungarian matching (one slot per mask)
     or, for the ablation, each mask's best slot independently ('argmax')."""
@@ -89,9 +97,8 @@ class _FeatureTable:
     def find(self, keys: np.ndarray) -> np.ndarray:  # [N] int64 rows, -1 = none
         if len(self.keys) == 0:
             return np.full(len(keys), -1, np.int64)
-        sorted_keys = self.keys[self.sorted]
-        pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
-        return np.where(sorted_keys[pos] == keys, self.sorted[pos], -1)
+        pos = sorted_positions(self.keys[self.sorted], keys)
+        return np.where(pos >= 0, self.sorted[np.maximum(pos, 0)], -1)
 
     def add(self, cells: np.ndarray, std: float, gen: torch.Generator) -> Optional[tuple]:
         """Add the cells [N, 3] not yet in the table. A new cell starts from the mean feature of its face
@@ -301,12 +308,3 @@ class SlotField:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         conf, slot = torch.cat([self.slot_probabilities(chunk) for chunk in rows_t.split(65536)]).max(dim=1)
         return slot.cpu().numpy(), conf.cpu().numpy()
-
-
-_NEIGHBOUR_STEPS = np.array(
-    sorted(
-        [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) != (0, 0, 0)],
-        key=lambda s: (abs(s[0]) + abs(s[1]) + abs(s[2]), s),
-    ),
-    np.int64,
-)  # [26, 3] face neighbours first, then edges, then corners

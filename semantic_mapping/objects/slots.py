@@ -19,7 +19,7 @@ from scipy.sparse.csgraph import connected_components
 
 from semantic_mapping.config import ObjectsConfig
 from semantic_mapping.fusion.voxel_map import VoxelMap, pack_indices, unpack_indices
-from semantic_mapping.objects.slot_field import SlotField
+from semantic_mapping.objects.slot_field import SlotField, sorted_positions
 from semantic_mapping.semantics.label_space import LabelSpace
 from semantic_mapping.sim.masks import preprocess_masks
 from semantic_mapping.types import CameraIntrinsics, Frame, MapObject
@@ -32,6 +32,13 @@ _MAX_VIEWS_BEHIND = 4  # optimisation steps due are capped at this many views' w
 _FORWARD_STEPS = np.array(
     [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) > (0, 0, 0)], np.int64
 )  # [13, 3]: each 26-neighbour pair once
+_NEIGHBOUR_STEPS = np.array(
+    sorted(
+        [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) != (0, 0, 0)],
+        key=lambda s: (abs(s[0]) + abs(s[1]) + abs(s[2]), s),
+    ),
+    np.int64,
+)  # [26, 3] face neighbours first, then edges, then corners
 _SURFACE_TRUNCATION_SHARE = 0.75  # field voxels with |sdf| under this share of the truncation are surface
 _MIN_ID_OVERLAP = 0.3  # share of a new part that must lie in an old object for it to keep that object's id
 
@@ -271,13 +278,11 @@ class ObjectSlots:
         """Object id of packed voxel indices [N] in the last extraction."""
         if len(self._object_keys) == 0:
             return np.zeros(len(keys), np.int64)
-        pos = np.clip(np.searchsorted(self._object_keys, keys), 0, len(self._object_keys) - 1)
-        return np.where(self._object_keys[pos] == keys, self._object_ids[pos], 0)
+        pos = sorted_positions(self._object_keys, keys)
+        return np.where(pos >= 0, self._object_ids[np.maximum(pos, 0)], 0)
 
     def object_ids(self, voxel_indices: np.ndarray) -> np.ndarray:  # [N] int64, 0 = none
         """Object id of integer voxel indices [N, 3]; a voxel of no object takes a 26-neighbour's."""
-        from semantic_mapping.objects.slot_field import _NEIGHBOUR_STEPS
-
         idx = np.asarray(voxel_indices, np.int64).reshape(-1, 3)
         ids = self.object_ids_of_keys(pack_indices(idx))
         for step in _NEIGHBOUR_STEPS:
@@ -302,10 +307,9 @@ def _connected_parts(indices: np.ndarray, slot: np.ndarray) -> np.ndarray:  # [N
     sorted_keys = keys[order]
     rows, cols = [], []
     for step in _FORWARD_STEPS:
-        nb_keys = pack_indices(indices + step)
-        pos = np.clip(np.searchsorted(sorted_keys, nb_keys), 0, len(keys) - 1)
-        nb = order[pos]
-        linked = (sorted_keys[pos] == nb_keys) & (slot[nb] == slot)
+        pos = sorted_positions(sorted_keys, pack_indices(indices + step))
+        nb = order[np.maximum(pos, 0)]
+        linked = (pos >= 0) & (slot[nb] == slot)
         rows.append(np.flatnonzero(linked))
         cols.append(nb[linked])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
@@ -317,8 +321,6 @@ def _absorb_small_parts(indices: np.ndarray, part: np.ndarray, min_voxels: int, 
     """Parts [N] with fewer than `min_voxels` voxels hand their voxels to the most common large part
     among each voxel's 26 neighbours (a few sweeps, so speckles and seams fill in); voxels that no
     large part reaches get -1."""
-    from semantic_mapping.objects.slot_field import _NEIGHBOUR_STEPS
-
     part = np.where(np.bincount(part)[part] >= min_voxels, part, -1)
     keys = pack_indices(indices)
     order = np.argsort(keys)
@@ -329,9 +331,8 @@ def _absorb_small_parts(indices: np.ndarray, part: np.ndarray, min_voxels: int, 
             break
         votes = np.full((len(todo), len(_NEIGHBOUR_STEPS)), -1, np.int64)  # [T, 26] neighbours' parts
         for k, step in enumerate(_NEIGHBOUR_STEPS):
-            nb_keys = pack_indices(indices[todo] + step)
-            pos = np.clip(np.searchsorted(sorted_keys, nb_keys), 0, len(keys) - 1)
-            votes[:, k] = np.where(sorted_keys[pos] == nb_keys, part[order[pos]], -1)
+            pos = sorted_positions(sorted_keys, pack_indices(indices[todo] + step))
+            votes[:, k] = np.where(pos >= 0, part[order[np.maximum(pos, 0)]], -1)
         row, cand = np.nonzero(votes >= 0)
         if len(row) == 0:
             break
