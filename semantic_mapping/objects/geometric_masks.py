@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from semantic_mapping.config import GeometricMaskConfig
+from semantic_mapping.geometry.projection import backproject_depth
 from semantic_mapping.semantics.label_space import LabelSpace, default_label_space
 from semantic_mapping.sim.masks import preprocess_masks
 from semantic_mapping.types import CameraIntrinsics, Frame
@@ -181,15 +182,11 @@ def _normals(depth: np.ndarray, valid: np.ndarray, intrinsics: CameraIntrinsics,
     is the cross product of the central differences `h` pixels either side, averaged over the box
     once more to quiet the sensor noise.
     """
-    H, W = depth.shape
-    ru = ((np.arange(W, dtype=np.float32) - intrinsics.cx) / intrinsics.fx).astype(np.float32)  # [W]
-    rv = ((np.arange(H, dtype=np.float32) - intrinsics.cy) / intrinsics.fy).astype(np.float32)  # [H]
+    points_cam = backproject_depth(depth, intrinsics.K)  # [H, W, 3] metres
     weight = cv2.boxFilter(valid.astype(np.float32), -1, (window, window))  # [H, W] valid fraction
     inv = np.where(weight > 0, 1.0 / np.maximum(weight, 1e-6), 0.0).astype(np.float32)
     # [H, W] float32 metres: smoothed camera-frame coordinates
-    X = cv2.boxFilter(depth * ru[None, :], -1, (window, window)) * inv
-    Y = cv2.boxFilter(depth * rv[:, None], -1, (window, window)) * inv
-    Z = cv2.boxFilter(depth, -1, (window, window)) * inv
+    X, Y, Z = (cv2.boxFilter(np.ascontiguousarray(points_cam[..., k]), -1, (window, window)) * inv for k in range(3))
     s = 2 * h
     # tangents on the interior [H - 2h, W - 2h]: along u and along v
     ux, uy, uz = (A[h:-h, s:] - A[h:-h, :-s] for A in (X, Y, Z))

@@ -194,9 +194,12 @@ class SlotField:
             grown = table.add(idx >> level, std, self._gen)
             if grown is not None:
                 self._swap_parameter(*grown)
+        # Rows are only ever appended, so only the new voxels need their cells looked up.
+        new_keys = self.levels[0].keys[len(self.keys):]
+        new_cells = unpack_indices(new_keys)
+        new_rows = np.stack([t.find(pack_indices(new_cells >> level)) for level, t in enumerate(self.levels)], 1)
         self.keys = self.levels[0].keys
-        self._level_rows = np.stack([t.find(pack_indices(unpack_indices(self.keys) >> level))
-                                     for level, t in enumerate(self.levels)], 1)
+        self._level_rows = np.concatenate([self._level_rows, new_rows])
         return self.rows_of(idx)
 
     def voxel_features(self, rows: torch.Tensor) -> torch.Tensor:  # [P, F]

@@ -19,6 +19,8 @@ from scipy.sparse.csgraph import connected_components
 
 from semantic_mapping.config import ObjectsConfig
 from semantic_mapping.fusion.voxel_map import VoxelMap, pack_indices, unpack_indices
+from semantic_mapping.geometry.pose import transform_points
+from semantic_mapping.geometry.projection import backproject_depth
 from semantic_mapping.objects.slot_field import SlotField, sorted_positions
 from semantic_mapping.semantics.label_space import LabelSpace
 from semantic_mapping.sim.masks import preprocess_masks
@@ -67,10 +69,7 @@ def surface_voxels(voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_ca
     """(hit [H, W] bool, voxel indices [P, 3] int64 of the hit pixels, row-major) of the map raycast."""
     depth = voxel_map.raycast(intrinsics, T_world_cam).depth_m  # [H, W] metres
     hit = depth > 0
-    v, u = np.nonzero(hit)
-    z = depth[v, u]
-    points_cam = np.stack([(u - intrinsics.cx) / intrinsics.fx * z, (v - intrinsics.cy) / intrinsics.fy * z, z], 1)
-    points_world = points_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+    points_world = transform_points(T_world_cam, backproject_depth(depth, intrinsics.K)[hit])  # [P, 3]
     return hit, voxel_map.voxel_indices(points_world)
 
 
@@ -365,18 +364,17 @@ def gravity_aligned_box(points_m: np.ndarray, voxel_size_m: float) -> tuple[np.n
 
 
 def _downsampled(frame: Frame, width_px: int, height_px: int) -> Frame:
-    """The frame's depth, labels and probabilities at width x height (nearest), for the mask generator."""
+    """The frame's image and depth at width x height (depth nearest), with its semantics as they are
+    (the mask generator brings labels or probabilities to the depth's size itself)."""
     if (width_px, height_px) == (frame.width_px, frame.height_px):
         return frame
     size = (width_px, height_px)
-    labels = frame.labels
-    if labels is None and frame.class_probs is not None:
-        labels = frame.class_probs.argmax(axis=-1).astype(np.int32)
     return Frame(
         rgb=cv2.resize(frame.rgb, size, interpolation=cv2.INTER_AREA),
         depth_m=cv2.resize(frame.depth_m, size, interpolation=cv2.INTER_NEAREST),
         intrinsics=frame.intrinsics.scaled(width_px, height_px),
         T_world_cam=frame.T_world_cam,
         stamp_ns=frame.stamp_ns,
-        labels=None if labels is None else resize_ids(labels, width_px, height_px),
+        labels=frame.labels,
+        class_probs=frame.class_probs,
     )
