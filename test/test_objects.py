@@ -142,15 +142,28 @@ def test_objects_are_extracted_with_classes_and_boxes(revisited):
     assert np.mean(voxels.object_ids > 0) > 0.5
 
 
+def _voxel_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two voxel index sets [n, 3] and [m, 3]."""
+    rows_a, rows_b = (np.ascontiguousarray(x).view([("", x.dtype)] * 3).ravel() for x in (a, b))
+    shared = len(np.intersect1d(rows_a, rows_b))
+    return shared / (len(a) + len(b) - shared)
+
+
 def test_object_ids_stay_stable_on_revisit(revisited):
+    # An object the revisit reproduces (voxel IoU > 0.5 with its old self) must keep its id; the revisit
+    # may legitimately merge or split a few objects (they are not counted), but most must persist.
     mapper, first, second = revisited
     big = [o for o in first.values() if o.voxel_count >= 100]
     assert big
-    kept = 0
+    persisted = 0
     for obj in big:
-        ids = mapper.object_slots.object_ids(obj.voxel_indices)
-        kept += np.bincount(ids).argmax() == obj.id
-    assert kept / len(big) >= 0.8, f"{kept} of {len(big)} large objects kept their id"
+        ious = {n.id: _voxel_iou(obj.voxel_indices, n.voxel_indices) for n in second.values()}
+        new_id = max(ious, key=ious.get)
+        iou = ious[new_id]
+        if iou > 0.5:
+            persisted += 1
+            assert new_id == obj.id, f"object {obj.id} ({obj.class_name}) came back as {new_id} (IoU {iou:.2f})"
+    assert persisted / len(big) >= 0.6, f"{persisted} of {len(big)} large objects persisted"
 
 
 def test_disabled_and_reset(revisited):
