@@ -87,12 +87,13 @@ def rasterize_cpu(
     v1 = torch.floor(v_mean + torch.sqrt(reach2 * c)).clamp(-1, H - 1).long()
     rows_per = torch.where((det > 0) & (reach2 > 0), (v1 - v0 + 1).clamp_min(0), torch.zeros_like(v0))
     # One entry per (Gaussian, image row): the span of columns inside the ellipse.
-    rg = torch.repeat_interleave(torch.arange(len(z)), rows_per)  # [Rows] Gaussian (depth rank)
-    row = v0[rg] + torch.arange(len(rg)) - (torch.cumsum(rows_per, 0) - rows_per)[rg]
+    rg = torch.repeat_interleave(torch.arange(len(z)), rows_per)  # [R] Gaussian (depth rank)
+    row = v0[rg] + torch.arange(len(rg)) - (torch.cumsum(rows_per, 0) - rows_per)[rg]  # [R]
     dv = row.float() - v_mean[rg]
+    a_r, b_r, c_r, det_r = a[rg], b[rg], c[rg], det[rg]
     # (c du^2 - 2 b du dv + a dv^2) / det <= reach2, solved for du
-    half = torch.sqrt((det[rg] * (reach2[rg] * c[rg] - dv * dv) / c[rg] ** 2).clamp_min(0.0))
-    centre = u_mean[rg] + b[rg] / c[rg] * dv
+    half = torch.sqrt((det_r * (reach2[rg] * c_r - dv * dv) / c_r**2).clamp_min(0.0))
+    centre = u_mean[rg] + b_r / c_r * dv
     u_first = torch.ceil(centre - half).clamp(0, W).long()
     u_last = torch.floor(centre + half).clamp(-1, W - 1).long()
     span = (u_last - u_first + 1).clamp_min(0)
@@ -100,29 +101,33 @@ def rasterize_cpu(
     if total == 0:
         empty = torch.zeros(H, W)
         return torch.zeros(H, W, D), empty, empty.clone()
+    # -log alpha at column u_first + k of a row is a quadratic in k: p0 + k (p1 + p2 k), where
+    # power(du) = (c du^2 / 2 - b du dv + a dv^2 / 2) / det at du = u_first - u_mean, minus log(opacity).
+    du0 = u_first.float() - u_mean[rg]
+    p0 = (0.5 * (c_r * du0 * du0 + a_r * dv * dv) - b_r * du0 * dv) / det_r - torch.log(opacity[rg])
+    p1 = (c_r * du0 - b_r * dv) / det_r
+    p2 = 0.5 * c_r / det_r
     # Fragments: one (Gaussian, pixel) pair per pixel of each span.
     fr = torch.repeat_interleave(torch.arange(len(rg)), span)  # [F] row entry
-    u = u_first[fr] + torch.arange(total) - (torch.cumsum(span, 0) - span)[fr]
-    g = rg[fr]
-    du = u.float() - u_mean[g]
-    dvf = dv[fr]
-    power = (0.5 * (c[g] * du * du + a[g] * dvf * dvf) - b[g] * du * dvf) / det[g]
-    alpha = (opacity[g] * torch.exp(-power)).clamp_max(MAX_ALPHA)
-    keep = alpha >= MIN_ALPHA
-    pixel = (row[fr] * W + u)[keep].int()
-    g, alpha = g[keep], alpha[keep]
+    span_start = torch.cumsum(span, 0) - span  # [R] first fragment of each row entry
+    # (index_select: several times faster than x[index] on CPU for the ~10^6 fragments)
+    k = (torch.arange(total) - span_start.index_select(0, fr)).float()  # [F] column offset in the span
+    pixel = (row * W + u_first).int().index_select(0, fr) + k.int()  # [F] flat pixel index
+    p = torch.stack([p0, p1, p2]).index_select(1, fr)  # [3, F]
+    alpha = torch.exp(-(p[0] + k * (p[1] + p[2] * k))).clamp_max(MAX_ALPHA)
+    alpha = torch.where(alpha >= MIN_ALPHA, alpha, 0.0)  # rounding at the ellipse's rim: skipped, as gsplat does
+    g = rg.index_select(0, fr)
     # Front to back per pixel: a stable sort by pixel keeps the depth order within each pixel.
     pixel, order = torch.sort(pixel, stable=True)
-    g, alpha = g[order], alpha[order]
+    g, alpha = g.index_select(0, order), alpha.index_select(0, order)
     log_keep = torch.log1p(-alpha.double())  # [F] log(1 - alpha)
-    after = torch.cumsum(log_keep, 0)  # log T after each fragment, not yet restarted per pixel
+    before = torch.cumsum(log_keep, 0) - log_keep  # [F] log T before each fragment, not restarted per pixel
     first = torch.ones_like(pixel, dtype=torch.bool)
     first[1:] = pixel[1:] != pixel[:-1]
-    segment = torch.cumsum(first, 0) - 1
-    log_after = after - (after - log_keep)[first][segment]
-    composited = log_after > math.log(MIN_TRANSMITTANCE)  # stop before T drops to 1e-4 (gsplat)
-    weight = (alpha.double() * torch.exp(log_after - log_keep)).float()[composited]  # alpha_i T_i
-    pixel, g = pixel[composited], g[composited]
+    # `before` never rises, so its running minimum over pixel starts is the value at this pixel's start
+    log_before = before - torch.cummin(torch.where(first, before, math.inf), 0).values
+    composited = log_before + log_keep > math.log(MIN_TRANSMITTANCE)  # stop before T drops to 1e-4 (gsplat)
+    weight = torch.where(composited, alpha * torch.exp(log_before.float()), 0.0)  # alpha_i T_i
     # sum_i w_i [f_i, z_i, 1] per pixel as a sparse [H*W, V] x dense [V, D + 2] product
     crow = torch.zeros(H * W + 1, dtype=torch.int64)
     crow[1:] = torch.cumsum(torch.bincount(pixel, minlength=H * W), 0)
