@@ -99,6 +99,6 @@ def test_virtual_views_are_wider_and_labelled(small_map):
     real_fx = recording.intrinsics.fx * 80 / recording.intrinsics.width_px
     ignore = recording.segmenter.label_space.ignore_id
     for view in views:
-        assert view.is_virtual and view.labels.shape == (64, 80)
+        assert view.is_virtual and view.labels.shape == view.depth_m.shape == (64, 80)
         assert real_fx / 3 - 1e-6 <= view.intrinsics.fx <= real_fx + 1e-6
         assert np.mean(view.labels != ignore) > 0.5

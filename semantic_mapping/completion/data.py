@@ -64,12 +64,9 @@ class TrainingView:
     intrinsics: CameraIntrinsics
     T_world_cam: np.ndarray  # [4, 4]
     labels: np.ndarray  # [H, W] int32 class ids from the (simulated) 2D segmenter, ignore id where none
-    depth_m: Optional[np.ndarray] = None  # [H, W] float32, 0 = invalid; None for virtual views
-    rgb: Optional[np.ndarray] = None  # [H, W, 3] uint8; None for virtual views
-
-    @property
-    def is_virtual(self) -> bool:
-        return self.depth_m is None
+    depth_m: np.ndarray  # [H, W] float32, 0 = invalid: what the crop must explain (a loss on real views only)
+    rgb: np.ndarray  # [H, W, 3] uint8 (a loss on real views only)
+    is_virtual: bool
 
 
 @dataclass
@@ -145,12 +142,10 @@ def training_view(frame, width_px: int, height_px: int, virtual: bool) -> Traini
     H, W = frame.depth_m.shape
     rows = np.minimum(((np.arange(height_px) + 0.5) * H / height_px).astype(np.int64), H - 1)
     cols = np.minimum(((np.arange(width_px) + 0.5) * W / width_px).astype(np.int64), W - 1)
-    labels = frame.class_probs.argmax(-1).astype(np.int32)[np.ix_(rows, cols)]
-    view = TrainingView(frame.intrinsics.scaled(width_px, height_px), np.asarray(frame.T_world_cam), labels)
-    if not virtual:
-        view.depth_m = frame.depth_m[np.ix_(rows, cols)].astype(np.float32)
-        view.rgb = frame.rgb[np.ix_(rows, cols)]
-    return view
+    pick = np.ix_(rows, cols)
+    return TrainingView(frame.intrinsics.scaled(width_px, height_px), np.asarray(frame.T_world_cam),
+                        frame.class_probs.argmax(-1).astype(np.int32)[pick], frame.depth_m[pick].astype(np.float32),
+                        frame.rgb[pick], virtual)
 
 
 def perturbed_pose(T_world_cam: np.ndarray, config: VirtualViewConfig, rng: np.random.Generator) -> np.ndarray:
