@@ -151,6 +151,30 @@ def test_render_first_surface_wins():
     np.testing.assert_allclose(out.depth_m[out.hit].numpy(), 0.7, atol=1e-4)
 
 
+@pytest.mark.parametrize("field", ["smooth", "specks"])
+def test_render_empty_space_skipping_changes_nothing(field):
+    """Skipping bricks gives the same render as sampling everywhere: on a cluttered smooth random
+    field, and on isolated negative voxels (specks under a voxel across, which a ray can clip
+    between two coarse samples)."""
+    gen = torch.Generator().manual_seed(5)
+    if field == "smooth":
+        noise = torch.randn(1, 1, 8, 8, 8, generator=gen)
+        tsdf = (F.interpolate(noise, size=(N, N, N), mode="trilinear", align_corners=True)[0, 0] - 0.9).clamp(-1, 1)
+    else:
+        tsdf = torch.ones(N, N, N)
+        specks = torch.randint(0, N, (100, 3), generator=gen)
+        tsdf[specks[:, 0], specks[:, 1], specks[:, 2]] = -1.0
+    color = torch.rand(3, N, N, N, generator=gen)
+    K = intrinsics_from_fov(160, 120, 60.0)
+    T = look_at(np.array([0.5, -0.4, -0.1]), np.array([0.0, 0.0, 0.9]), up=(0.0, -1.0, 0.0))
+    reference = render_volume(tsdf, color, None, ORIGIN_M, VOXEL_M, K, T, skip_brick_voxels=0)
+    assert 0.02 < reference.hit.float().mean() < 0.9
+    for brick in (1, 2, 4):
+        out = render_volume(tsdf, color, None, ORIGIN_M, VOXEL_M, K, T, skip_brick_voxels=brick)
+        assert torch.equal(out.hit, reference.hit)
+        assert torch.equal(out.depth_m, reference.depth_m) and torch.equal(out.color, reference.color)
+
+
 # ----------------------------------------------------------------------------- renderer: gradients
 def test_render_gradients_match_finite_differences():
     n, voxel_m = 6, 0.1

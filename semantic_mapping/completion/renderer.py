@@ -90,12 +90,14 @@ def render_volume(
     step_voxels: float = 0.5,
     depth_min_m: float = 0.05,
     depth_max_m: float = 6.0,
+    skip_brick_voxels: int = 2,
 ) -> VolumeRender:
     """Raycast the volume at a pinhole camera; differentiable w.r.t. tsdf, color and semantics.
 
     The ray is sampled every `step_voxels` voxels (3D distance) from where it enters the box of
     voxel centres (or `depth_min_m`) to where it leaves it (or `depth_max_m`); samples far from any
-    non-positive value are skipped and rays stop at their first hit (see `_first_crossing`).
+    non-positive value are skipped (bricks of `skip_brick_voxels`^3 voxels; 0 samples everywhere)
+    and rays stop at their first hit (see `_first_crossing`); both leave the result unchanged.
     """
     dtype, device = tsdf.dtype, tsdf.device
     X, Y, Z = tsdf.shape
@@ -112,7 +114,7 @@ def render_volume(
     dt = step_voxels / dirs_vox.norm(dim=1)  # [R] metres of depth per sample
     num_samples = torch.where(t_far >= t_near, torch.floor((t_far - t_near) / dt) + 1, torch.zeros_like(dt)).long()
 
-    hit_ray, hit_index = _first_crossing(tsdf, cam_vox, dirs_vox, t_near, dt, num_samples, step_voxels)
+    hit_ray, hit_index = _first_crossing(tsdf, cam_vox, dirs_vox, t_near, dt, num_samples, step_voxels, skip_brick_voxels)
 
     # Differentiable part: the two bracketing samples of every hit ray, then the surface lookups.
     t_a = t_near[hit_ray] + hit_index.to(dtype) * dt[hit_ray]  # [P] depth of the last positive sample
@@ -165,7 +167,7 @@ def _first_crossing(
     dt: torch.Tensor,  # [R] depth step (step_voxels voxels of 3D distance)
     num_samples: torch.Tensor,  # [R] samples along each ray (0: the ray misses the volume)
     step_voxels: float,
-    brick_voxels: int = 4,
+    brick_voxels: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # hit ray indices [P], index of the last positive sample [P]
     """For every ray, the first sample i with tsdf(i) > 0 >= tsdf(i + 1).
 
@@ -178,17 +180,18 @@ def _first_crossing(
     """
     device, dtype = tsdf.device, tsdf.dtype
     volume = tsdf.detach().unsqueeze(0)
-    flags = _may_cross(tsdf.detach(), brick_voxels).to(dtype)[None, None]
+    skip = brick_voxels > 0
+    flags = _may_cross(tsdf.detach(), max(brick_voxels, 1)).to(dtype)[None, None]
     flags = (F.max_pool3d(flags, kernel_size=3, stride=1, padding=1)[0, 0] > 0)  # [X', Y', Z'] dilated by a brick
     nbx, nby, nbz = flags.shape
-    flags = flags.reshape(-1)
-    per_coarse = max(1, int(brick_voxels / step_voxels))  # fine samples per coarse step
+    flags = flags.reshape(-1) if skip else torch.ones_like(flags.reshape(-1))
+    per_coarse = max(1, int(brick_voxels / step_voxels)) if skip else 8  # fine samples per coarse step
     S = 2 * per_coarse  # fine samples per segment
     offsets = torch.arange(S, dtype=dtype, device=device)  # [S]
     coarse_offsets = torch.arange(0, S + 1, per_coarse, dtype=dtype, device=device)  # [3]
 
     def flagged(points: torch.Tensor) -> torch.Tensor:  # [N, 3] voxel coordinates -> [N] bool
-        brick = (points * (1.0 / brick_voxels)).floor().long()
+        brick = (points * (1.0 / max(brick_voxels, 1))).floor().long()
         flat = (brick[:, 0].clamp(0, nbx - 1) * nby + brick[:, 1].clamp(0, nby - 1)) * nbz + brick[:, 2].clamp(0, nbz - 1)
         return flags[flat]
 
