@@ -12,6 +12,7 @@ from semantic_mapping.completion.network import (
     CompletionNetwork,
     CompletionNetworkConfig,
     CompletionWeightsError,
+    chunk_inputs,
     load_completion_model,
     parameter_count,
     save_completion_model,
@@ -173,6 +174,38 @@ def test_render_empty_space_skipping_changes_nothing(field):
         out = render_volume(tsdf, color, None, ORIGIN_M, VOXEL_M, K, T, skip_brick_voxels=brick)
         assert torch.equal(out.hit, reference.hit)
         assert torch.equal(out.depth_m, reference.depth_m) and torch.equal(out.color, reference.color)
+
+
+def test_render_of_a_fused_chunk_reproduces_the_scene():
+    """A chunk read from a fused map (`VoxelMap.read_chunk`), rendered at fusion views, gives the true
+    depth and colour where the true surface lies inside the chunk: frames, origin and voxel
+    conventions agree with the map's."""
+    from semantic_mapping.config import FusionConfig, MapperConfig
+    from semantic_mapping.geometry.projection import backproject_depth
+    from semantic_mapping.pipeline import Mapper
+    from test_fusion import INTR as MAP_INTR, SphereInBox, trajectory
+
+    world, poses = SphereInBox(), trajectory(12)
+    mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu", chunk_shape_voxels=(48, 48, 48))))
+    for i, T in enumerate(poses):
+        assert mapper.integrate(world.render(T, i * 33_000_000)).accepted
+    voxel_m = mapper.map.voxel_size_m
+    chunk = mapper.map.read_chunk((0, -1, 0))  # x in [0, 2.4), y in [-2.4, 0), z in [0, 2.4) m: sphere, walls, floor
+    tsdf, observed, color = chunk_inputs(chunk)
+    assert observed.float().mean() > 0.05
+    origin_m = chunk["origin_index"] * voxel_m
+    for T in (poses[2], poses[11]):  # looking into the chunk from outside it, and from inside it
+        out = render_volume(tsdf[0], color[0], None, origin_m, voxel_m, MAP_INTR, T)
+        truth = world.render(T, 0)
+        surface_vox = (backproject_depth(truth.depth_m, MAP_INTR.K) @ T[:3, :3].T + T[:3, 3] - origin_m) / voxel_m
+        in_chunk = np.all((surface_vox > 1) & (surface_vox < 46), axis=-1) & (truth.depth_m > 0)  # [H, W]
+        assert in_chunk.sum() > 2000
+        hit = out.hit.numpy()
+        assert hit[in_chunk].mean() > 0.98
+        both = in_chunk & hit
+        err = np.abs(out.depth_m.numpy() - truth.depth_m)[both]
+        assert np.median(err) < 0.25 * voxel_m and np.percentile(err, 95) < 0.75 * voxel_m
+        assert np.median(np.abs(out.color.numpy()[both] - truth.rgb[both] / 255.0)) < 0.05
 
 
 # ----------------------------------------------------------------------------- renderer: gradients

@@ -176,6 +176,15 @@ class CompletionNetwork(nn.Module):
         return out
 
 
+def chunk_inputs(chunk: dict, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network inputs from `VoxelMap.read_chunk`: tsdf [1, X, Y, Z] (1 where unobserved), observed
+    [1, X, Y, Z] bool (weight > 0), color [1, 3, X, Y, Z] in [0, 1] (0 where unobserved)."""
+    observed = torch.as_tensor(chunk["weight"] > 0, device=device)[None]
+    tsdf = torch.as_tensor(chunk["tsdf"], dtype=torch.float32, device=device)[None]
+    color = torch.as_tensor(chunk["color"], device=device).permute(3, 0, 1, 2).float()[None] / 255.0
+    return tsdf, observed, color * observed[:, None]
+
+
 def parameter_count(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
