@@ -323,6 +323,53 @@ def test_network_overfits_one_chunk():
     assert (out["tsdf"][unseen] - target_tsdf[unseen]).abs().mean() < 0.1
 
 
+def test_network_learns_a_chunk_from_renders_only():
+    """2D supervision through the renderer (SSR-2D Eq. 1, 3, 4, normalised over valid pixels as in
+    Eq. 5): depth, colour and class images of the complete chunk at four views teach the network
+    the chunk's geometry; no 3D loss."""
+    torch.manual_seed(0)
+    net = CompletionNetwork(TINY)
+    tsdf, observed, color, target_tsdf, target_color, labels = _chunk()
+    voxel_m, origin_m = 0.05, np.zeros(3)
+    one_hot = F.one_hot(labels[0], 3).permute(3, 0, 1, 2).float()  # [3, 16, 16, 16]
+    K = CameraIntrinsics(30.0, 30.0, 15.5, 11.5, 32, 24)
+    views = [look_at(np.array([0.4 + 0.9 * np.cos(a), 1.0, 0.4 + 0.9 * np.sin(a)]), np.array([0.4, 0.3, 0.4]), up=(0, 1, 0))
+             for a in np.linspace(0, 2 * np.pi, 4, endpoint=False)]
+    targets = [render_volume(target_tsdf[0], target_color[0], one_hot, origin_m, voxel_m, K, T) for T in views]
+    assert all(t.hit.float().mean() > 0.3 for t in targets)
+
+    def mismatch(volume):  # [16, 16, 16] -> share of pixels whose hit differs from the target's, worst view
+        return max((render_volume(volume, None, None, origin_m, voxel_m, K, T).hit ^ t.hit).float().mean().item()
+                   for T, t in zip(views, targets))
+
+    def occupancy_iou(volume):
+        return (((volume < 0) & (target_tsdf < 0)).sum() / ((volume < 0) | (target_tsdf < 0)).sum()).item()
+
+    with torch.no_grad():
+        start = net(tsdf, observed, color)["tsdf"]
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(80):
+        optimiser.zero_grad()
+        out = net(tsdf, observed, color)
+        loss = 0.0
+        for T, target in zip(views, targets):
+            r = render_volume(out["tsdf"][0], out["color"][0], out["semantics"][0], origin_m, voxel_m, K, T)
+            valid = r.hit & target.hit
+            loss = loss + ((r.depth_m - target.depth_m).abs()[valid].sum() + (r.color - target.color).abs()[valid].sum()
+                           + F.cross_entropy(r.semantics[valid], target.semantics[valid].argmax(-1), reduction="sum")
+                           ) / valid.sum().clamp_min(1)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    end = out["tsdf"].detach()
+    print(f"\nrender-supervised overfit: loss {losses[0]:.2f} -> {np.mean(losses[-5:]):.3f}, hit mismatch "
+          f"{mismatch(start[0]):.2f} -> {mismatch(end[0]):.3f}, occupancy IoU {occupancy_iou(start):.2f} -> {occupancy_iou(end):.2f}")
+    assert np.mean(losses[-5:]) < losses[0] / 10
+    assert mismatch(start[0]) > 0.2 and mismatch(end[0]) < 0.06
+    assert occupancy_iou(end) > 0.75
+
+
 def test_default_network_size_and_speed():
     """The CPU-sized default: forward + backward of a 64^3 chunk on one core."""
     net = CompletionNetwork(CompletionNetworkConfig())
