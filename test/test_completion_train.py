@@ -37,7 +37,8 @@ def test_crop_loss_has_every_term_and_gradients(scene):
     config = CompletionTrainConfig(crop_voxels=(16, 16, 32), views_per_step=6)
     net = _net(scene.complete.label_space.num_classes)
     rng = np.random.default_rng(0)
-    losses = crop_loss(net, scene, random_crop_origin(scene, np.array(config.crop_voxels), rng), config, IGNORE, rng, 1)
+    surface = scene.complete.map.surface_voxel_indices()
+    losses = crop_loss(net, scene, random_crop_origin(surface, np.array(config.crop_voxels), rng), config, IGNORE, rng, 1)
     for name in ("3d", "depth", "color", "semantics"):
         assert losses[name].item() > 0, name
     losses["total"].backward()
@@ -49,11 +50,12 @@ def test_short_training_lowers_the_loss_on_held_out_crops(scene):
     config = CompletionTrainConfig(crop_voxels=(16, 16, 32), steps=60, learning_rate=3e-3, views_per_step=3, seed=1)
     net = _net(scene.complete.label_space.num_classes)
     shape = np.array(config.crop_voxels)
+    surface = scene.complete.map.surface_voxel_indices()
 
     def held_out_loss():
         rng = np.random.default_rng(99)  # the same crops, masks and views before and after
         with torch.no_grad():
-            return np.mean([crop_loss(net, scene, random_crop_origin(scene, shape, rng), config, IGNORE, rng, 10**6 + k)
+            return np.mean([crop_loss(net, scene, random_crop_origin(surface, shape, rng), config, IGNORE, rng, 10**6 + k)
                             ["total"].item() for k in range(6)])
 
     before = held_out_loss()

@@ -144,8 +144,9 @@ def test_objects_are_extracted_with_classes_and_boxes(revisited):
 
 def _voxel_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two voxel index sets [n, 3] and [m, 3]."""
-    rows_a, rows_b = (np.ascontiguousarray(x).view([("", x.dtype)] * 3).ravel() for x in (a, b))
-    shared = len(np.intersect1d(rows_a, rows_b))
+    from semantic_mapping.fusion.voxel_map import pack_indices
+
+    shared = len(np.intersect1d(pack_indices(a), pack_indices(b)))
     return shared / (len(a) + len(b) - shared)
 
 

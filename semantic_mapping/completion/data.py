@@ -152,10 +152,11 @@ def perturbed_pose(T_world_cam: np.ndarray, config: VirtualViewConfig, rng: np.r
     """A camera pose [4, 4] moved and turned from a real one as SSR-2D §3.5 describes."""
     yaw = math.radians(rng.uniform(-config.yaw_deg, config.yaw_deg))
     pitch = math.radians(rng.uniform(-config.pitch_deg, config.pitch_deg))
-    Rz = np.array([[math.cos(yaw), -math.sin(yaw), 0.0], [math.sin(yaw), math.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
+    from semantic_mapping.sim.primitives import yaw_matrix
+
     Rx = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(pitch), -math.sin(pitch)], [0.0, math.sin(pitch), math.cos(pitch)]])
     T = np.eye(4)
-    T[:3, :3] = Rz @ T_world_cam[:3, :3] @ Rx  # yaw about the world's up axis, pitch about the camera's x
+    T[:3, :3] = yaw_matrix(yaw)[:3, :3] @ T_world_cam[:3, :3] @ Rx  # yaw about the world's up axis, pitch about the camera's x
     forward = T[:3, 2]
     T[:3, 3] = T_world_cam[:3, 3] + rng.uniform(-config.offset_m, config.offset_m, 3) - forward * rng.uniform(0, config.back_m)
     return T

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from semantic_mapping.completion.data import CompletionScene, IncompleteScanConfig, masked_input, read_crop
 from semantic_mapping.completion.network import CompletionNetwork, chunk_inputs
 from semantic_mapping.completion.renderer import render_volume
+from semantic_mapping.geometry.pose import invert_pose, transform_points
+from semantic_mapping.geometry.projection import backproject_depth, project_points
 
 
 @dataclass
@@ -47,12 +49,9 @@ def crop_views(views: list, origin_m: np.ndarray, size_m: np.ndarray, count: int
     centre = origin_m + 0.5 * size_m
     seeing = []
     for view in views:
-        p = np.linalg.inv(view.T_world_cam) @ np.append(centre, 1.0)
-        if p[2] <= 0.1:
-            continue
+        uv, z = project_points(transform_points(invert_pose(view.T_world_cam), centre), view.intrinsics.K)
         K = view.intrinsics
-        u, v = K.fx * p[0] / p[2] + K.cx, K.fy * p[1] / p[2] + K.cy
-        if 0 <= u < K.width_px and 0 <= v < K.height_px:
+        if z > 0.1 and 0 <= uv[0] < K.width_px and 0 <= uv[1] < K.height_px:
             seeing.append(view)
     pick = rng.permutation(len(seeing))[:count]
     return [seeing[i] for i in pick]
@@ -61,10 +60,7 @@ def crop_views(views: list, origin_m: np.ndarray, size_m: np.ndarray, count: int
 def inside_crop(view, origin_m: np.ndarray, size_m: np.ndarray, voxel_size_m: float) -> np.ndarray:  # [H, W] bool
     """Pixels whose measured surface lies inside the crop (a voxel in from its faces): the pixels the
     crop's render must explain."""
-    from semantic_mapping.geometry.projection import backproject_depth
-
-    points_cam = backproject_depth(view.depth_m, view.intrinsics.K)  # [H, W, 3]
-    points = points_cam @ view.T_world_cam[:3, :3].T + view.T_world_cam[:3, 3]  # [H, W, 3] world frame
+    points = transform_points(view.T_world_cam, backproject_depth(view.depth_m, view.intrinsics.K))  # [H, W, 3] world
     lo, hi = origin_m + voxel_size_m, origin_m + size_m - 2 * voxel_size_m
     return (view.depth_m > 0) & np.all((points >= lo) & (points <= hi), axis=-1)
 
@@ -84,11 +80,13 @@ def crop_loss(net: CompletionNetwork, scene: CompletionScene, origin_index: np.n
     origin_m = origin_index * vs
     size_m = shape * vs
     depth_terms, color_terms, semantic_terms = [], [], []
+    pixels = 0  # supervised pixels over all views
     for view in crop_views(scene.views, origin_m, size_m, config.views_per_step, rng):
         explain = torch.from_numpy(inside_crop(view, origin_m, size_m, vs))
         if not explain.any():
             continue
-        render = render_volume(out["tsdf"][0], out.get("color", [None])[0], out["semantics"][0], origin_m, vs,
+        color_volume = out["color"][0] if "color" in out else None
+        render = render_volume(out["tsdf"][0], color_volume, out["semantics"][0], origin_m, vs,
                                view.intrinsics, view.T_world_cam)
         valid = explain & render.hit  # SSR-2D: pixels where the prediction has a surface
         labels = torch.from_numpy(view.labels.astype(np.int64))
@@ -101,19 +99,16 @@ def crop_loss(net: CompletionNetwork, scene: CompletionScene, origin_index: np.n
             if render.color is not None:
                 rgb = torch.from_numpy(view.rgb.astype(np.float32) / 255.0)
                 color_terms.append((render.color[valid] - rgb[valid]).abs().sum(-1).sum())
-        losses.setdefault("pixels", 0)
-        losses["pixels"] += int(valid.sum())
-    pixels = max(losses.pop("pixels", 0), 1)
+        pixels += int(valid.sum())
     for name, terms in (("depth", depth_terms), ("color", color_terms), ("semantics", semantic_terms)):
-        losses[name] = torch.stack(terms).sum() / pixels if terms else out["tsdf"].sum() * 0.0
+        losses[name] = torch.stack(terms).sum() / max(pixels, 1) if terms else out["tsdf"].sum() * 0.0
     losses["total"] = (config.lambda_3d * losses["3d"] + config.lambda_depth * losses["depth"]
                        + config.lambda_color * losses["color"] + config.lambda_semantics * losses["semantics"])
     return losses
 
 
-def random_crop_origin(scene: CompletionScene, shape: np.ndarray, rng: np.random.Generator) -> np.ndarray:  # [3]
-    """A crop placed around a random surface voxel of the complete scan."""
-    surface = scene.complete.map.surface_voxel_indices()
+def random_crop_origin(surface: np.ndarray, shape: np.ndarray, rng: np.random.Generator) -> np.ndarray:  # [3]
+    """A crop placed around a random one of the complete scan's surface voxels [N, 3]."""
     centre = surface[rng.integers(len(surface))]
     return centre - shape // 2 + rng.integers(-(shape // 4), shape // 4 + 1)
 
@@ -126,12 +121,13 @@ def train_steps(net: CompletionNetwork, scenes: list, config: CompletionTrainCon
     rng = np.random.default_rng(config.seed)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     shape = np.asarray(config.crop_voxels)
+    surfaces = [scene.complete.map.surface_voxel_indices() for scene in scenes]  # [N, 3] each, read once
     history = []
     net.train()
     bar = tqdm(range(config.steps), desc="train completion", unit="step", disable=not progress)
     for step in bar:
-        scene = scenes[rng.integers(len(scenes))]
-        losses = crop_loss(net, scene, random_crop_origin(scene, shape, rng), config, ignore_id, rng,
+        k = rng.integers(len(scenes))
+        losses = crop_loss(net, scenes[k], random_crop_origin(surfaces[k], shape, rng), config, ignore_id, rng,
                            mask_seed=config.seed * 100003 + step)
         optimiser.zero_grad()
         losses["total"].backward()
