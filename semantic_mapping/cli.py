@@ -1,4 +1,4 @@
-"""`semantic-mapping` command line: demo, generate, run, bench, train-voting."""
+"""`semantic-mapping` command line: demo, generate, run, bench, train-voting, train-completion."""
 
 from __future__ import annotations
 
@@ -266,6 +266,33 @@ def cmd_train_voting(args) -> int:
     return 0
 
 
+def cmd_train_completion(args) -> int:
+    import torch
+
+    from semantic_mapping.completion.network import CompletionNetworkConfig
+    from semantic_mapping.completion.train import CompletionTrainConfig, run_training
+    from semantic_mapping.semantics.label_space import default_label_space
+    from semantic_mapping.semantics.voting_train import parse_seeds
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    crop = tuple(int(v) for v in _parse_floats(args.crop, 3, "--crop"))
+    net_config = CompletionNetworkConfig(num_classes=default_label_space().num_classes)
+    if args.gpu_sized:
+        net_config = CompletionNetworkConfig.gpu_sized(net_config.num_classes)
+    config = CompletionTrainConfig(crop_voxels=crop, steps=args.steps, learning_rate=args.lr,
+                                   views_per_step=args.views_per_step, seed=args.seed)
+    meta = run_training(args.out, parse_seeds(args.seeds), parse_seeds(args.val_seeds), args.frames, args.voxel_size,
+                        net_config, config, validate_every=args.validate_every)
+    out = Path(args.out)
+    print(f"wrote {out}, loss curves {out.with_suffix('.png')}, history {out.with_suffix('.json')}")
+    first, last = meta["val_first"], meta["val_last"]
+    print(f"validation crops ({args.val_seeds}): total loss {first['total']:.3f} -> {last['total']:.3f}, "
+          f"TSDF L1 {first['3d']:.3f} -> {last['3d']:.3f}; "
+          f"{meta['prepare_s'] / 60:.1f} min data, {meta['train_s'] / 60:.1f} min training")
+    return 0
+
+
 def _parse_floats(text: str, count: int, what: str) -> list:
     values = [float(v) for v in text.replace(" ", "").split(",") if v]
     if len(values) != count:
@@ -419,6 +446,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="initialisation and ray sampling seed")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_train_voting)
+
+    p = sub.add_parser("train-completion", help="train the SSR-2D completion network on simulated development "
+                       "scenes with cube-masked inputs; writes the checkpoint, its loss plot and history")
+    p.add_argument("--out", default="completion.pt", help="checkpoint path (.png and .json are written beside it)")
+    p.add_argument("--seeds", default="60-65", help="training scene seeds (development seeds only)")
+    p.add_argument("--val-seeds", default="66", help="validation scene seeds")
+    p.add_argument("--frames", type=int, default=150, help="frames simulated per scene")
+    p.add_argument("--voxel-size", type=float, default=0.04, help="voxel size, metres (the map's)")
+    p.add_argument("--steps", type=int, default=800, help="optimiser steps (one crop each)")
+    p.add_argument("--crop", default="48,48,64", help="training crop x,y,z in voxels (multiples of 16)")
+    p.add_argument("--views-per-step", type=int, default=2, help="views each crop's render is supervised by")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam step size (cosine decay to a tenth)")
+    p.add_argument("--validate-every", type=int, default=100, help="steps between validation losses")
+    p.add_argument("--gpu-sized", action="store_true", help="the paper-sized network (16..128 channels)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation, crop and mask seed")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_train_completion)
     return parser
 
 

@@ -5,7 +5,13 @@ scan's TSDF (Eq. 2); the total is Eq. 5.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +34,8 @@ class CompletionTrainConfig:
     """Optimisation steps, one crop each."""
     learning_rate: float = 1e-3
     """Adam's step size (SSR-2D uses SGD from 0.01 with 60 GPU hours; Adam converges in our budget)."""
+    final_learning_rate_fraction: float = 0.1
+    """The step size decays along a cosine to this fraction of `learning_rate` at the last step."""
     views_per_step: int = 4
     """Views each crop is rendered into, chosen among those that see its centre."""
     lambda_3d: float = 1.0
@@ -114,17 +122,21 @@ def random_crop_origin(surface: np.ndarray, shape: np.ndarray, rng: np.random.Ge
 
 
 def train_steps(net: CompletionNetwork, scenes: list, config: CompletionTrainConfig, ignore_id: int,
-                progress: bool = True) -> list:
-    """Adam on random crops of `scenes`; returns the per-step losses [{name: float}]."""
+                progress: bool = True, on_step=None) -> list:
+    """Adam on random crops of `scenes` with a cosine step-size decay; returns the per-step losses
+    [{name: float}]. `on_step(step, losses)` is called after every step (validation, logging)."""
     from tqdm import tqdm
 
     rng = np.random.default_rng(config.seed)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    floor = config.final_learning_rate_fraction
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step / max(config.steps, 1), 1.0))))
     shape = np.asarray(config.crop_voxels)
     surfaces = [scene.complete.map.surface_voxel_indices() for scene in scenes]  # [N, 3] each, read once
     history = []
     net.train()
-    bar = tqdm(range(config.steps), desc="train completion", unit="step", disable=not progress)
+    bar = tqdm(range(config.steps), desc="train completion", unit="step", disable=not progress, file=sys.stderr)
     for step in bar:
         k = rng.integers(len(scenes))
         losses = crop_loss(net, scenes[k], random_crop_origin(surfaces[k], shape, rng), config, ignore_id, rng,
@@ -132,7 +144,114 @@ def train_steps(net: CompletionNetwork, scenes: list, config: CompletionTrainCon
         optimiser.zero_grad()
         losses["total"].backward()
         optimiser.step()
+        schedule.step()
         history.append({name: float(value.detach()) for name, value in losses.items()})
         bar.set_postfix(loss=f"{history[-1]['total']:.3f}")
+        if on_step is not None:
+            on_step(step, history[-1])
+            net.train()
     net.eval()
     return history
+
+
+def validation_loss(net: CompletionNetwork, scenes: list, config: CompletionTrainConfig, ignore_id: int,
+                    crops_per_scene: int = 8) -> dict:
+    """Mean Eq. 5 terms on fixed crops, cube masks and views of `scenes` (the same at every call)."""
+    rng = np.random.default_rng(12345)
+    shape = np.asarray(config.crop_voxels)
+    sums, count = {}, 0
+    net.eval()
+    with torch.no_grad():
+        for scene in scenes:
+            surface = scene.complete.map.surface_voxel_indices()
+            for k in range(crops_per_scene):
+                losses = crop_loss(net, scene, random_crop_origin(surface, shape, rng), config, ignore_id, rng,
+                                   mask_seed=10**9 + scene.seed * 1000 + k)
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + float(value)
+                count += 1
+    return {name: value / max(count, 1) for name, value in sums.items()}
+
+
+LOSS_NAMES = ("total", "3d", "depth", "color", "semantics")
+
+
+def plot_training(history: list, validation: list, path, title: str = "completion training") -> None:
+    """Training losses (running mean over 50 steps) and validation losses per term, as a PNG written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from semantic_mapping.atomic_files import atomic_write_bytes
+
+    fig, axes = plt.subplots(1, len(LOSS_NAMES), figsize=(4 * len(LOSS_NAMES), 3.6))
+    window = 50
+    for ax, name in zip(axes, LOSS_NAMES):
+        values = np.array([h[name] for h in history])
+        if len(values):
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid") if len(values) >= window else values
+            ax.plot(np.arange(len(smooth)) + (len(values) - len(smooth)), smooth, label=f"train (mean of {window})")
+        if validation:
+            ax.plot([v["step"] for v in validation], [v[name] for v in validation], "o-", label="validation")
+        ax.set_title({"total": "total (Eq. 5)", "3d": "TSDF L1 (Eq. 2)", "depth": "depth L1, voxels (Eq. 1)",
+                      "color": "colour L1 (Eq. 3)", "semantics": "cross-entropy (Eq. 4)"}[name])
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def run_training(out_path, train_seeds: list, val_seeds: list, num_frames: int, voxel_size_m: float,
+                 net_config: CompletionNetworkConfig, config: CompletionTrainConfig, validate_every: int = 100,
+                 view_size_px: tuple = (160, 128), num_virtual: int = 20) -> dict:
+    """Make the scenes, train, and write the checkpoint (`out_path`), its loss plot (.png) and its
+    history (.json) beside it. Returns the checkpoint's meta."""
+    from tqdm import tqdm
+
+    from semantic_mapping.atomic_files import atomic_write_text
+    from semantic_mapping.completion.data import make_completion_scene
+    from semantic_mapping.completion.network import save_completion_model
+    from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
+
+    held_out = sorted(set(train_seeds + val_seeds) & set(BENCHMARK_SEEDS))
+    if held_out:
+        raise ValueError(f"seeds {held_out} are benchmark seeds, held out from training; use development seeds (0-999)")
+    out_path = Path(out_path)
+    start = time.perf_counter()
+    scenes = [make_completion_scene(seed, num_frames, voxel_size_m, config.scan, view_size_px=view_size_px,
+                                    num_virtual=num_virtual)
+              for seed in tqdm(train_seeds + val_seeds, desc="making scenes", unit="scene", file=sys.stderr)]
+    train_scenes, val_scenes = scenes[:len(train_seeds)], scenes[len(train_seeds):]
+    ignore_id = train_scenes[0].complete.label_space.ignore_id
+    prepare_s = time.perf_counter() - start
+    torch.manual_seed(config.seed)
+    net = CompletionNetwork(net_config)
+    validation = [{"step": 0, **validation_loss(net, val_scenes, config, ignore_id)}]
+
+    def on_step(step: int, losses: dict) -> None:
+        if (step + 1) % validate_every == 0 or step + 1 == config.steps:
+            validation.append({"step": step + 1, **validation_loss(net, val_scenes, config, ignore_id)})
+
+    history = train_steps(net, train_scenes, config, ignore_id, on_step=on_step)
+    train_s = time.perf_counter() - start - prepare_s
+    meta = {
+        "voxel_size_m": voxel_size_m, "train_seeds": list(train_seeds), "val_seeds": list(val_seeds),
+        "num_frames": num_frames, "view_size_px": list(view_size_px), "num_virtual": num_virtual,
+        "train": dataclasses.asdict(config), "network": dataclasses.asdict(net_config),
+        "segmenter": "simulated, default SegmenterSimConfig",
+        "val_first": validation[0], "val_last": validation[-1],
+        "prepare_s": prepare_s, "train_s": train_s, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+    }
+    save_completion_model(out_path, net, meta)
+    plot_training(history, validation, out_path.with_suffix(".png"),
+                  title=f"completion training: {len(train_seeds)} scenes, {config.steps} steps, {train_s / 60:.0f} min")
+    atomic_write_text(out_path.with_suffix(".json"),
+                      json.dumps({"meta": meta, "history": history, "validation": validation}, indent=1))
+    return meta
