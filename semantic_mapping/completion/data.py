@@ -124,8 +124,9 @@ def cube_mask(origin_index: np.ndarray, shape: tuple, voxel_size_m: float, confi
     return masked
 
 
-def fuse_frames(recording, frame_ids, voxel_size_m: float, progress: bool = False):
-    """A Mapper (CPU, objects off) with the given frames of a simulated recording fused."""
+def fuse_frames(recording, frame_ids, voxel_size_m: float, progress: bool = False, on_frame=None):
+    """A Mapper (CPU, objects off) with the given frames of a simulated recording fused; `on_frame(frame)`
+    sees each frame as it is fused."""
     from tqdm import tqdm
 
     from semantic_mapping.pipeline import Mapper
@@ -133,7 +134,10 @@ def fuse_frames(recording, frame_ids, voxel_size_m: float, progress: bool = Fals
     mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=voxel_size_m, device="cpu"),
                                  objects=ObjectsConfig(enabled=False)))
     for i in tqdm(list(frame_ids), desc=f"fuse scene {recording.seed}", unit="frame", disable=not progress):
-        mapper.integrate(recording.frame(int(i), masks=False))
+        frame = recording.frame(int(i), masks=False)
+        mapper.integrate(frame)
+        if on_frame is not None:
+            on_frame(frame)
     return mapper
 
 

@@ -26,7 +26,7 @@ VOXEL_SIZE_M = 0.04
 NODE_FRAMES = 100
 """Frames the node benchmark streams at 10 Hz (640x480)."""
 NODE_QUICK_FRAMES = 30
-STAGES = ("fusion", "voting", "render", "objects", "node")
+STAGES = ("fusion", "voting", "completion", "render", "objects", "node")
 """Parts of the suite, in the order they run (`semantic-mapping bench --only`)."""
 
 
@@ -148,6 +148,7 @@ def _peak_memory(seed: int, num_frames: int) -> dict:
 
 def collect_figures(quick: bool = False, progress: bool = True, only: tuple = STAGES) -> list:
     """Run the suite (the stages in `only`) and return its figures."""
+    from semantic_mapping.eval.completion_bench import completion_figures
     from semantic_mapping.eval.objects_bench import objects_figures
     from semantic_mapping.eval.render_bench import render_figures
     from semantic_mapping.eval.voting_bench import voting_figures
@@ -160,6 +161,8 @@ def collect_figures(quick: bool = False, progress: bool = True, only: tuple = ST
         figures += _fusion_figures(seeds, num_frames, progress)
     if "voting" in only:
         figures += voting_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
+    if "completion" in only:
+        figures += completion_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
     if "render" in only:
         figures += render_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
     if "objects" in only:

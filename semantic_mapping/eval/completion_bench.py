@@ -1,0 +1,152 @@
+"""Completion figures (SSR-2D Table 2's geometry metrics and semantic scene completion mIoU).
+
+Each held-out scene is fused from every frame: the complete scan. The incomplete scan is that map
+with cube-shaped holes (SSR-2D §4.2: 1.0 / 0.5 / 0.2 m cubes, p = 0.2 each, seeded by the scene) as
+the completion network reads it. Per map chunk, in the same run:
+
+- raw:       the incomplete scan as it is;
+- completed: observed voxels of the incomplete scan, the network's TSDF everywhere else.
+
+Geometry: a voxel is surface when its TSDF changes sign towards a 6-neighbour and it is the nearer
+of the two to zero (one voxel thick). Ground truth is the complete scan's surface; voxels the
+complete scan never observed are not scored (nobody knows what is there). IoU, precision and
+recall count voxels. Semantics: the ground-truth mesh's surface voxels seen by some frame of the
+recording, each scored against the map's label (observed label where the incomplete scan has one,
+then the network's label for the completed map); an unlabelled voxel counts as wrong.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from semantic_mapping.completion.data import IncompleteScanConfig, masked_input, read_crop
+from semantic_mapping.completion.infer import complete_chunk
+
+
+def surface_voxels(tsdf: np.ndarray, known: np.ndarray) -> np.ndarray:  # [X, Y, Z] bool
+    """Voxels of a dense TSDF [X, Y, Z] (known [X, Y, Z] bool) that the zero level passes: the sign
+    changes towards a known 6-neighbour and this voxel's |tsdf| is the smaller (ties: both)."""
+    surface = known & (tsdf == 0)
+    for axis in range(3):
+        a = [slice(None)] * 3
+        b = [slice(None)] * 3
+        a[axis], b[axis] = slice(0, -1), slice(1, None)
+        a, b = tuple(a), tuple(b)
+        crossing = known[a] & known[b] & ((tsdf[a] > 0) != (tsdf[b] > 0))
+        surface[a] |= crossing & (np.abs(tsdf[a]) <= np.abs(tsdf[b]))
+        surface[b] |= crossing & (np.abs(tsdf[b]) <= np.abs(tsdf[a]))
+    return surface
+
+
+def _counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:  # [3] int64: TP, FP, FN
+    return np.array([np.sum(pred & gt), np.sum(pred & ~gt), np.sum(~pred & gt)], np.int64)
+
+
+def geometry_scores(counts: np.ndarray) -> dict:
+    """IoU, precision and recall of summed [TP, FP, FN] counts."""
+    tp, fp, fn = (float(v) for v in counts)
+    return {"iou": tp / max(tp + fp + fn, 1.0), "precision": tp / max(tp + fp, 1.0), "recall": tp / max(tp + fn, 1.0)}
+
+
+def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan: IncompleteScanConfig,
+                     context_voxels: int = 8, progress: bool = True) -> dict:
+    """Fuse scene `seed`, cut the holes, complete every chunk; geometry counts, semantic confusions, timings."""
+    from tqdm import tqdm
+
+    from semantic_mapping.completion.data import fuse_frames
+    from semantic_mapping.config import FusionConfig
+    from semantic_mapping.eval.mapping_eval import SurfaceVisibility
+    from semantic_mapping.eval.metrics import confusion_matrix
+    from semantic_mapping.sim.ground_truth import voxelize_surface
+    from semantic_mapping.sim.sequence import simulate
+
+    recording = simulate(seed, num_frames=num_frames)
+    visibility = SurfaceVisibility(voxelize_surface(recording.mesh, voxel_size_m), FusionConfig().depth_max_m)
+    mapper = fuse_frames(recording, range(len(recording)), voxel_size_m, progress, on_frame=visibility.add)
+    voxel_map = mapper.map
+    gt_voxels = visibility.gt.indices[visibility.seen]  # [G, 3]
+    gt_classes = visibility.gt.classes[visibility.seen]  # [G]
+
+    def read_incomplete(origin_index, shape):
+        return masked_input(read_crop(voxel_map, origin_index, shape), origin_index, voxel_size_m, scan, seed)
+
+    chunk_shape = voxel_map.chunk_shape_voxels
+    blocks = voxel_map.active_block_coords().cpu().numpy().astype(np.int64)
+    chunks = np.unique(np.floor_divide(blocks * voxel_map.block_resolution, chunk_shape), axis=0)
+    gt_chunk = np.floor_divide(gt_voxels, chunk_shape)
+    C, ignore_id = mapper.label_space.num_classes, mapper.label_space.ignore_id
+    counts = {"raw": np.zeros(3, np.int64), "completed": np.zeros(3, np.int64)}
+    confusion = {"raw": np.zeros((C, C + 1), np.int64), "completed": np.zeros((C, C + 1), np.int64)}
+    chunk_s, masked_share = [], []
+    for chunk in tqdm(chunks, desc=f"complete scene {seed}", unit="chunk", file=sys.stderr, disable=not progress):
+        gt = voxel_map.read_chunk(chunk)
+        origin = gt["origin_index"]
+        raw = read_incomplete(origin, chunk_shape)
+        t0 = time.perf_counter()
+        prediction = complete_chunk(net, voxel_map, chunk, context_voxels, read=read_incomplete)
+        chunk_s.append(time.perf_counter() - t0)
+        gt_known = gt["weight"] > 0
+        observed = raw["weight"] > 0
+        masked_share.append(float(np.sum(gt_known & ~observed)) / max(int(gt_known.sum()), 1))
+        gt_surface = surface_voxels(gt["tsdf"], gt_known)
+        completed_tsdf = np.where(observed, raw["tsdf"], prediction["tsdf"])
+        counts["raw"] += _counts(surface_voxels(raw["tsdf"], observed) & gt_known, gt_surface)
+        counts["completed"] += _counts(surface_voxels(completed_tsdf, np.ones_like(observed)) & gt_known, gt_surface)
+
+        here = np.all(gt_chunk == chunk, axis=1)
+        local = tuple((gt_voxels[here] - origin).T)
+        labelled = observed[local] & (gt["semantic_count"][local] > 0)
+        observed_label = np.where(labelled, gt["log_probs"][local].argmax(-1), -1)
+        confusion["raw"] += confusion_matrix(observed_label, gt_classes[here], C, ignore_id)
+        confusion["completed"] += confusion_matrix(np.where(labelled, observed_label, prediction["labels"][local]),
+                                                   gt_classes[here], C, ignore_id)
+    return {"seed": seed, "chunks": len(chunks), "counts": counts, "confusion": confusion,
+            "chunk_s": chunk_s, "masked_share": float(np.mean(masked_share))}
+
+
+def default_weights_path() -> Path:
+    """The completion weights shipped in the package."""
+    return Path(__file__).resolve().parent.parent / "completion" / "weights" / "completion.pt"
+
+
+def completion_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: bool = True,
+                       weights=None) -> list:
+    """completion.geo_iou_gain, geo_recall_gain, ssc_miou_gain, precision_drop (points) and ms_per_chunk."""
+    import torch
+
+    from semantic_mapping.completion.network import load_completion_model
+    from semantic_mapping.config import FusionConfig
+    from semantic_mapping.eval.bench import Figure
+    from semantic_mapping.eval.metrics import SegmentationScores
+    from semantic_mapping.semantics.label_space import default_label_space
+
+    path = Path(weights) if weights else default_weights_path()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = load_completion_model(path, default_label_space().num_classes, device=device)
+    trained_m = torch.load(path, map_location="cpu", weights_only=True)["meta"].get("voxel_size_m")
+    if trained_m is not None and abs(trained_m - voxel_size_m) > 1e-9:
+        raise ValueError(f"{path} was trained for {trained_m} m voxels, the benchmark maps {voxel_size_m} m")
+    scan = IncompleteScanConfig(keep_view_fraction=1.0, cube_probability=0.2)
+    scenes = [completion_scene(seed, num_frames, voxel_size_m, net, scan, progress=progress) for seed in seeds]
+    geo = {name: geometry_scores(sum(s["counts"][name] for s in scenes)) for name in ("raw", "completed")}
+    ssc = {name: SegmentationScores.from_confusion(sum(s["confusion"][name] for s in scenes)).miou
+           for name in ("raw", "completed")}
+    chunk_ms = 1000 * np.array([t for s in scenes for t in s["chunk_s"]])
+    detail = {"raw": geo["raw"], "completed": geo["completed"], "ssc_miou_raw": ssc["raw"],
+              "ssc_miou_completed": ssc["completed"], "masked_share_of_known_voxels": float(np.mean([s["masked_share"] for s in scenes])),
+              "chunks": int(sum(s["chunks"] for s in scenes)), "weights": path.name,
+              "holes": "cubes 1.0/0.5/0.2 m, p = 0.2 each"}
+    points = lambda name: 100 * (geo["completed"][name] - geo["raw"][name])  # noqa: E731
+    return [
+        Figure("completion.geo_iou_gain", points("iou"), "points", seeds, detail),
+        Figure("completion.geo_recall_gain", points("recall"), "points", seeds, detail),
+        Figure("completion.ssc_miou_gain", 100 * (ssc["completed"] - ssc["raw"]), "points", seeds, detail),
+        Figure("completion.precision_drop", -points("precision"), "points", seeds, detail),
+        Figure("completion.ms_per_chunk", float(np.median(chunk_ms)), "ms", seeds,
+               {"device": device, "threads": torch.get_num_threads(), "p90_ms": float(np.percentile(chunk_ms, 90)),
+                "chunk_voxels": list(FusionConfig().chunk_shape_voxels)}),
+    ]
