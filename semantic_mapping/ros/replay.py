@@ -423,6 +423,7 @@ def run(args) -> dict:
         if "object_markers" in driver.latest:
             result["object_markers"] = markers_summary(driver.latest["object_markers"])
         result["objects_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("objects.")}
+        result["completion_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("completion.")}
         if not args.checks:
             return result
 
