@@ -61,7 +61,9 @@ def _test_completion_weights(path: Path) -> Path:
 def test_node_maps_a_streamed_scene_and_survives_malformed_input(tmp_path):
     _require_ros()
     domain = domain_id(1)
-    completion = {"completion.enabled": True, "completion.min_updates": 5,
+    # the worker completes chunks with a random test network; its noisy predictions stay out of the
+    # outputs (a random TSDF meshes into millions of triangles), exercising completion.include_predicted
+    completion = {"completion.enabled": True, "completion.min_updates": 5, "completion.include_predicted": False,
                   "completion.weights": str(_test_completion_weights(tmp_path / "completion.pt"))}
     node = _start_node(tmp_path, domain, {**NODE_PARAMS, **completion})
     out = tmp_path / "result.json"
@@ -70,7 +72,7 @@ def test_node_maps_a_streamed_scene_and_survives_malformed_input(tmp_path):
         driver = subprocess.run(
             proc.ros_command("semantic_mapping.ros.replay",
                              ["--seed", 3, "--frames", 30, "--width", 320, "--rate", 10, "--checks", "--out", out]),
-            cwd=tmp_path, env=proc.ros_env(domain, tmp_path / "ros_log"), capture_output=True, text=True, timeout=170,
+            cwd=tmp_path, env=proc.ros_env(domain, tmp_path / "ros_log"), capture_output=True, text=True, timeout=270,
         )
         alive = node.poll() is None
     finally:
@@ -134,8 +136,9 @@ def test_node_maps_a_streamed_scene_and_survives_malformed_input(tmp_path):
     assert any(k.startswith("dropped.") for k in keys)
     # scene completion ran beside integration (in the library's worker) without failures
     diag = r["diagnostics"]
-    assert diag["completion.status"] == "running" and int(diag["completion.chunks_completed"]) >= 1, diag
+    assert r["completion_drained"] and diag["completion.status"] == "running" and int(diag["completion.chunks_completed"]) >= 1, diag
     assert diag["completion.errors"] == "0" and int(diag["completion.predicted_voxels"]) > 0, diag
+    assert r["voxels"]["predicted"] == 0, r["voxels"]  # excluded by the parameter
 
 
 def test_invalid_parameter_is_refused_by_name(tmp_path):
