@@ -3,7 +3,7 @@
     ros2 launch semantic_mapping mapping.launch.py [params_file:=...] [ros_params_file:=...]
         [namespace:=robot1] [use_sim_time:=true] [camera:=realsense|namespace|none]
         [camera_namespace:=/camera] [voting_voxels_per_frame:=400] [objects:=true|false]
-        [object_masks:=auto|frame|geometric] [objects_rate_hz:=1.0] [rviz:=true]
+        [object_masks:=auto|frame|geometric] [objects_rate_hz:=1.0] [completion:=true|false] [rviz:=true]
 
 params_file is the engine's YAML (config/mapping.yaml format); ros_params_file an optional ROS 2
 parameter file (node.*, assembly.*, fusion.*, ... under ros__parameters) applied on top.
@@ -12,7 +12,9 @@ camera_namespace; camera:=namespace to <camera_namespace>/rgb/image, .../depth/i
 objects:=true|false turns the object slots on or off (objects.enabled); object_masks picks where their
 2D masks come from (objects.mask_source: the instances/masks topic, the built-in geometric generator,
 or auto: the topic when it publishes); both default to params_file's values. objects_rate_hz is the
-rate of the object-slot cycle and of ~/objects and ~/object_markers (node.objects_rate_hz). Values in
+rate of the object-slot cycle and of ~/objects and ~/object_markers (node.objects_rate_hz).
+completion:=true (the default) runs SSR-2D scene completion in the node (completion.enabled; the library
+and the CLI leave it off); without usable weights the node logs why and maps without it. Values in
 ros_params_file override these arguments.
 """
 
@@ -62,14 +64,22 @@ def _remaps(camera: str, camera_namespace: str) -> list:
     raise RuntimeError(f"camera:={camera!r}: expected realsense, namespace or none")
 
 
+def _flag(context, name: str):
+    """A true/false launch argument as a bool; None when empty."""
+    value = LaunchConfiguration(name).perform(context).strip().lower()
+    if not value:
+        return None
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise RuntimeError(f"{name}:={value!r}: expected true or false")
+    return value in ("true", "1", "yes")
+
+
 def _object_parameters(context) -> dict:
     """objects.* / node.objects_* parameters from the launch arguments (empty ones: params_file's value)."""
     out = {"node.objects_rate_hz": float(LaunchConfiguration("objects_rate_hz").perform(context))}
-    enabled = LaunchConfiguration("objects").perform(context).strip().lower()
-    if enabled:
-        if enabled not in ("true", "false", "1", "0", "yes", "no"):
-            raise RuntimeError(f"objects:={enabled!r}: expected true or false")
-        out["objects.enabled"] = enabled in ("true", "1", "yes")
+    enabled = _flag(context, "objects")
+    if enabled is not None:
+        out["objects.enabled"] = enabled
     masks = LaunchConfiguration("object_masks").perform(context).strip()
     if masks:
         if masks not in OBJECT_MASK_SOURCES:
@@ -86,6 +96,9 @@ def _launch_setup(context, *args, **kwargs):
     parameters = [{"config_file": params_file, "use_sim_time": use_sim_time,
                    "voting.max_voxels_per_frame": int(LaunchConfiguration("voting_voxels_per_frame").perform(context)),
                    **_object_parameters(context)}]
+    completion = _flag(context, "completion")
+    if completion is not None:
+        parameters[0]["completion.enabled"] = completion
     if ros_params_file:
         parameters.append(ros_params_file)
     remaps = _remaps(LaunchConfiguration("camera").perform(context),
@@ -134,6 +147,9 @@ def generate_launch_description():
                                           "auto; empty: params_file's objects.mask_source"),
         DeclareLaunchArgument("objects_rate_hz", default_value="1.0",
                               description="rate of the object-slot cycle (optimisation, ~/objects, ~/object_markers); 0 pauses it"),
+        DeclareLaunchArgument("completion", default_value="true",
+                              description="true|false: SSR-2D scene completion in the map (completion.enabled); "
+                                          "empty: params_file's value"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz with config/semantic_mapping.rviz"),
         OpaqueFunction(function=_launch_setup),
     ])

@@ -32,6 +32,7 @@ def write_map_outputs(mapper, out_dir: Path) -> dict:
     ls = mapper.label_space
     paths = {"map": out_dir / "map.npz", "mesh": out_dir / "mesh.ply", "voxels": out_dir / "voxels.ply",
              "traversability": out_dir / "traversability.png"}
+    mapper.wait_for_completion()  # the predictions of every chunk due (no-op without completion)
     mapper.save(paths["map"])  # extracts the objects too
     voxels = mapper.labelled_voxels()
     write_mesh_ply(paths["mesh"], mapper.mesh(), ls)

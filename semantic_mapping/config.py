@@ -225,6 +225,29 @@ class ObjectsConfig:
 
 
 @dataclass
+class CompletionConfig:
+    """SSR-2D scene completion of the live map: a background worker completes the chunks whose
+    observations changed enough; predictions are kept beside the observations, which always win."""
+
+    enabled: bool = False
+    """Complete chunks while the map integrates (the packaged mapping.yaml turns it on for the node)."""
+    weights: Optional[str] = None
+    """Checkpoint from `semantic-mapping train-completion`; None: the shipped weights."""
+    min_updates: int = 10
+    """Integrated frames touching a chunk since its last completion before it is completed (again)."""
+    context_voxels: int = 8
+    """Voxels of the neighbouring chunks the network also reads on every side of a chunk."""
+    include_predicted: bool = True
+    """Outputs (labelled voxels, mesh, traversability grid) include predicted voxels where nothing was observed."""
+    min_confidence: float = 0.0
+    """Predicted voxels whose label probability (0..1) is below this are left out of the outputs."""
+    threads: int = 1
+    """CPU threads of the worker's network (set in its own thread; integration keeps its own)."""
+    device: str = "auto"
+    """Device of the network: 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'."""
+
+
+@dataclass
 class MapperConfig:
     """Everything the `Mapper` needs."""
 
@@ -235,6 +258,7 @@ class MapperConfig:
     voting: VotingConfig = field(default_factory=VotingConfig)
     splatting: SplattingConfig = field(default_factory=SplattingConfig)
     objects: ObjectsConfig = field(default_factory=ObjectsConfig)
+    completion: CompletionConfig = field(default_factory=CompletionConfig)
 
 
 # ----------------------------------------------------------------------------- simulation

@@ -5,12 +5,16 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 
+from semantic_mapping.completion.live import CompletionStats, LiveCompletion, PredictionStore, load_live_network
+from semantic_mapping.completion.network import CompletionWeightsError
 from semantic_mapping.config import MapperConfig, config_to_dict
 from semantic_mapping.fusion.outputs import build_labelled_voxels, build_mesh, build_traversability
 from semantic_mapping.fusion.voxel_map import VoxelMap
@@ -25,6 +29,7 @@ from semantic_mapping.types import (
     Frame,
     LabelledVoxels,
     MapObject,
+    PredictedVoxels,
     RenderedView,
     SemanticMesh,
     TraversabilityGrid,
@@ -52,6 +57,7 @@ class MapperStats:
     pixels_cleaned: collections.Counter = field(default_factory=collections.Counter)
     integrate_seconds_total: float = 0.0
     last_stamp_ns: Optional[int] = None
+    completion: CompletionStats = field(default_factory=CompletionStats)  # the worker's, live
 
     @property
     def frames_rejected_total(self) -> int:
@@ -153,7 +159,12 @@ class Mapper:
         self.label_space = label_space or default_label_space()
         self.segmenter = segmenter
         self.map = VoxelMap(self.config.fusion, self.label_space.num_classes, self.config.semantics)
-        self.stats = MapperStats()
+        # held while the map is written (integrate, reset, load) and while the completion worker copies
+        # a crop out of it or stores a prediction
+        self.map_lock = threading.RLock()
+        self.predictions = PredictionStore()
+        self.completion, completion_stats = self._make_completion()
+        self.stats = MapperStats(completion=completion_stats)
         self.voting = self._make_voting()
         self._gaussians: Optional[GaussianScene] = None  # built on first use; follows the map's changed blocks
         self.object_slots = ObjectSlots(self.config.objects, self.label_space, self.map.device) if self.config.objects.enabled else None
@@ -189,6 +200,24 @@ class Mapper:
                  meta.get("val_uniform", {}).get("pixel_accuracy", float("nan")))
         return voting
 
+    def _make_completion(self) -> tuple[Optional[LiveCompletion], CompletionStats]:
+        """The completion worker (or None: disabled, or weights unusable, logged once) and its stats."""
+        cfg = self.config.completion
+        if not cfg.enabled:
+            return None, CompletionStats(status="off", reason="completion.enabled is false")
+        try:
+            net = load_live_network(cfg, self.label_space.num_classes, self.map.voxel_size_m)
+        except CompletionWeightsError as exc:
+            log.error("completion: %s", exc)
+            return None, CompletionStats(status="unavailable", reason=str(exc))
+        completion = LiveCompletion(net, cfg, self.map, self.predictions, self.map_lock)
+        weakref.finalize(self, completion.close)  # the worker stops with its mapper, or at exit
+        log.info("completion: chunks of %s voxels after %d updates, weights %s (%s), %d thread(s)",
+                 tuple(int(n) for n in self.map.chunk_shape_voxels), cfg.min_updates, cfg.weights or "shipped",
+                 ", ".join(f"{k} {v}" for k, v in net.meta.items() if k in ("voxel_size_m", "train_seeds", "steps")),
+                 cfg.threads)
+        return completion, completion.stats
+
     @property
     def semantics_method(self) -> str:
         """The semantic fusion in use: 'voting' only when its weights loaded."""
@@ -220,11 +249,14 @@ class Mapper:
             except ValueError as exc:
                 return self._reject(frame, FrameRejected("semantics_invalid", str(exc)))
         self.stats.pixels_cleaned.update(cleaned)
-        self.map.integrate(clean.depth_m, clean.rgb, clean.intrinsics, clean.T_world_cam, semantics)
-        if self.voting is not None:
-            if semantics is not None:
-                self.voting.observe(self.map, clean)
-            self.voting.update(self.map)
+        with self.map_lock:
+            fused = self.map.integrate(clean.depth_m, clean.rgb, clean.intrinsics, clean.T_world_cam, semantics)
+            if self.voting is not None:
+                if semantics is not None:
+                    self.voting.observe(self.map, clean)
+                self.voting.update(self.map)
+        if self.completion is not None:
+            self.completion.notify(fused.chunks_touched)
         if self.object_slots is not None:
             self.object_slots.offer(clean)
             if not self.objects_in_background:
@@ -240,20 +272,43 @@ class Mapper:
         log.warning("frame at %s ns rejected (%s): %s", getattr(frame, "stamp_ns", "?"), exc.reason, exc)
         return IntegrationResult(False, exc.reason, str(exc))
 
+    # ------------------------------------------------------------------ completion
+    def wait_for_completion(self, timeout_s: Optional[float] = None) -> bool:
+        """Wait until the completion worker has completed every chunk due (benchmarks, tests); True when
+        it has (or completion is off), False when `timeout_s` passed first."""
+        return True if self.completion is None else self.completion.wait(timeout_s)
+
+    def close(self) -> None:
+        """Stop the completion worker (the map stays usable; no more completions)."""
+        if self.completion is not None:
+            self.completion.close()
+
+    def predicted_voxels(self, include_predicted: Optional[bool] = None) -> Optional[PredictedVoxels]:
+        """Predictions the outputs use: None when excluded (`include_predicted`, default
+        completion.include_predicted) or there are none; else those of at least completion.min_confidence."""
+        include = self.config.completion.include_predicted if include_predicted is None else include_predicted
+        if not include or self.predictions.num_chunks == 0:
+            return None
+        return self.predictions.voxels(self.config.completion.min_confidence)
+
     # ------------------------------------------------------------------ outputs
-    def labelled_voxels(self) -> LabelledVoxels:
-        """Surface voxels with labels, and the object id of the last `extract_objects`."""
-        voxels = build_labelled_voxels(self.map, self.label_space)
+    def labelled_voxels(self, include_predicted: Optional[bool] = None) -> LabelledVoxels:
+        """Surface voxels with labels, and the object id of the last `extract_objects`; predicted surface
+        voxels (flagged) where unobserved unless `include_predicted` is False (default: the config's)."""
+        voxels = build_labelled_voxels(self.map, self.label_space, self.predicted_voxels(include_predicted))
         if self.object_slots is not None and self.object_slots.objects:
             indices = self.map.voxel_indices(voxels.positions_m)
             voxels.object_ids = self.object_slots.object_ids(indices).astype(np.int32)
         return voxels
 
-    def mesh(self) -> SemanticMesh:
-        return build_mesh(self.map, self.label_space)
+    def mesh(self, include_predicted: Optional[bool] = None) -> SemanticMesh:
+        """Semantic mesh; predicted surface (vertices flagged) where unobserved unless `include_predicted` is False."""
+        return build_mesh(self.map, self.label_space, self.predicted_voxels(include_predicted))
 
-    def traversability(self) -> TraversabilityGrid:
-        return build_traversability(self.labelled_voxels(), self.label_space, self.config.outputs, self.voxel_size_m)
+    def traversability(self, include_predicted: Optional[bool] = None) -> TraversabilityGrid:
+        """Traversability grid; predicted surfaces count (cells flagged) unless `include_predicted` is False."""
+        return build_traversability(self.labelled_voxels(include_predicted), self.label_space, self.config.outputs,
+                                    self.voxel_size_m)
 
     def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> RenderedView:
         """Raycast render of the TSDF surface (nearest voxel's label)."""
@@ -293,25 +348,30 @@ class Mapper:
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Empty the map and the counters."""
-        self.map.reset()
-        self.stats = MapperStats()
+        """Empty the map, its predictions and the counters."""
+        with self.map_lock:
+            self.map.reset()
+            self.predictions.clear()
+            if self.completion is not None:
+                self.completion.reset()
+        self.stats = MapperStats(completion=self.stats.completion)
         if self.voting is not None:
             self.voting.reset()
         if self.object_slots is not None:
             self.object_slots.reset()
 
     def save(self, path: os.PathLike) -> None:
-        """Write the map to one file atomically, with the objects extracted now."""
+        """Write the map to one file atomically, with its predictions and the objects extracted now."""
         meta = {
             "label_names": list(self.label_space.names),
             "semantics": config_to_dict(self.config.semantics),
             "last_stamp_ns": self.stats.last_stamp_ns,
         }
-        arrays = {}
+        arrays = self.predictions.state_arrays()
         if self.object_slots is not None:
             self.extract_objects()
-            meta["objects"], arrays = self.object_slots.state()
+            meta["objects"], object_arrays = self.object_slots.state()
+            arrays.update(object_arrays)
         self.map.save(path, extra_meta=meta, extra_arrays=arrays)
 
     @classmethod
@@ -333,8 +393,12 @@ class Mapper:
             raise ValueError(f"{path}: saved with label space {meta.get('label_names')}, this mapper uses {list(self.label_space.names)}")
         if abs(float(meta["voxel_size_m"]) - self.voxel_size_m) > 1e-9:
             raise ValueError(f"{path}: voxel size {meta['voxel_size_m']} m differs from this mapper's {self.voxel_size_m} m")
-        self.map.load_state_arrays(arrays)
-        self.stats = MapperStats(last_stamp_ns=meta.get("last_stamp_ns"))
+        with self.map_lock:
+            self.map.load_state_arrays(arrays)
+            self.predictions.load_state_arrays(arrays, self.map.chunk_shape_voxels)
+            if self.completion is not None:
+                self.completion.reset()
+        self.stats = MapperStats(last_stamp_ns=meta.get("last_stamp_ns"), completion=self.stats.completion)
         if self.voting is not None:
             self.voting.reset()  # keyframes and queued voxels belonged to the map replaced
         if self.object_slots is not None:

@@ -101,13 +101,34 @@ class LabelledVoxels:
 
 
 @dataclass
+class PredictedVoxels:
+    """Voxels near a surface that scene completion predicted, kept beside the observations (which win)."""
+
+    indices: np.ndarray  # [M, 3] int64 integer voxel indices
+    tsdf: np.ndarray  # [M] float32 predicted signed distance / truncation, in (-1, 1)
+    colors: np.ndarray  # [M, 3] uint8 predicted colour
+    labels: np.ndarray  # [M] int32 predicted class ids
+    confidence: np.ndarray  # [M] float32 probability of the label (the network's softmax)
+
+    def select(self, mask: np.ndarray) -> "PredictedVoxels":
+        """The voxels where mask [M] (bool or row indices) holds."""
+        return PredictedVoxels(self.indices[mask], self.tsdf[mask], self.colors[mask], self.labels[mask],
+                               self.confidence[mask])
+
+
+@dataclass
 class SemanticMesh:
     """Triangle mesh of the fused surface with a class label per vertex."""
 
     vertices_m: np.ndarray  # [V, 3] float32 world frame
     triangles: np.ndarray  # [T, 3] int32
-    vertex_colors: np.ndarray  # [V, 3] uint8 observed colour
+    vertex_colors: np.ndarray  # [V, 3] uint8 observed (or predicted) colour
     vertex_labels: np.ndarray  # [V] int32 class ids
+    vertex_predicted: np.ndarray = field(default=None)  # [V] bool, True where completion predicted the surface
+
+    def __post_init__(self) -> None:
+        if self.vertex_predicted is None:
+            self.vertex_predicted = np.zeros(len(self.vertices_m), dtype=bool)
 
 
 @dataclass
@@ -117,6 +138,11 @@ class TraversabilityGrid:
     cells: np.ndarray  # [rows, cols] int8: 0 free, 100 occupied, -1 unknown (nav_msgs convention)
     resolution_m: float
     origin_xy_m: tuple  # world (x, y) of the corner of cell [0, 0]
+    predicted: np.ndarray = field(default=None)  # [rows, cols] bool, True where only predicted voxels made the cell free/occupied
+
+    def __post_init__(self) -> None:
+        if self.predicted is None:
+            self.predicted = np.zeros(self.cells.shape, dtype=bool)
 
     FREE = 0
     OCCUPIED = 100

@@ -104,11 +104,11 @@ def test_object_launch_arguments_set_declared_parameters():
 
     text = LAUNCH.read_text()
     declared = set(re.findall(r'DeclareLaunchArgument\(\s*"(\w+)"', text))
-    assert {"objects", "object_masks", "objects_rate_hz"} <= declared
+    assert {"objects", "object_masks", "objects_rate_hz", "completion"} <= declared
     # every parameter the launch file sets by name is one the node declares
     names = {s.name for s in parameter_specs()} | {"config_file", "use_sim_time"}
-    set_by_launch = set(re.findall(r'"((?:objects|node|voting)\.[\w.]+)"', text))
-    assert {"objects.enabled", "objects.mask_source", "node.objects_rate_hz"} <= set_by_launch
+    set_by_launch = set(re.findall(r'"((?:objects|node|voting|completion)\.[\w.]+)"', text))
+    assert {"objects.enabled", "objects.mask_source", "node.objects_rate_hz", "completion.enabled"} <= set_by_launch
     assert set_by_launch <= names, set_by_launch - names
     tree = _tree()
     sources = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)

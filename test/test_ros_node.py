@@ -45,18 +45,34 @@ NODE_PARAMS = {"fusion.voxel_size_m": 0.04, "fusion.device": "cpu", "node.voxels
                "node.objects_rate_hz": 2.0}
 
 
+def _test_completion_weights(path: Path) -> Path:
+    """A tiny test-only completion network for 4 cm voxels: the node's completion plumbing, not its quality."""
+    import torch
+
+    from semantic_mapping.completion.network import CompletionNetwork, CompletionNetworkConfig, save_completion_model
+
+    torch.manual_seed(0)
+    net = CompletionNetwork(CompletionNetworkConfig(num_classes=20, base_channels=2, max_channels=8, num_levels=3))
+    save_completion_model(path, net, meta={"voxel_size_m": 0.04})
+    return path
+
+
 @pytest.mark.slow
 def test_node_maps_a_streamed_scene_and_survives_malformed_input(tmp_path):
     _require_ros()
     domain = domain_id(1)
-    node = _start_node(tmp_path, domain, NODE_PARAMS)
+    # the worker completes chunks with a random test network; its noisy predictions stay out of the
+    # outputs (a random TSDF meshes into millions of triangles), exercising completion.include_predicted
+    completion = {"completion.enabled": True, "completion.min_updates": 5, "completion.include_predicted": False,
+                  "completion.weights": str(_test_completion_weights(tmp_path / "completion.pt"))}
+    node = _start_node(tmp_path, domain, {**NODE_PARAMS, **completion})
     out = tmp_path / "result.json"
     t0 = time.monotonic()
     try:
         driver = subprocess.run(
             proc.ros_command("semantic_mapping.ros.replay",
                              ["--seed", 3, "--frames", 30, "--width", 320, "--rate", 10, "--checks", "--out", out]),
-            cwd=tmp_path, env=proc.ros_env(domain, tmp_path / "ros_log"), capture_output=True, text=True, timeout=170,
+            cwd=tmp_path, env=proc.ros_env(domain, tmp_path / "ros_log"), capture_output=True, text=True, timeout=270,
         )
         alive = node.poll() is None
     finally:
@@ -67,7 +83,7 @@ def test_node_maps_a_streamed_scene_and_survives_malformed_input(tmp_path):
     assert code == 0, f"node exit code {code}:\n{node_log[-3000:]}"
     r = json.loads(out.read_text())
     print(json.dumps({k: r.get(k) for k in ("integrated", "drop_rate", "latency_ms_p50", "latency_ms_p95", "drops", "render",
-                                          "objects", "objects_diagnostics")}),
+                                          "objects", "objects_diagnostics", "completion_diagnostics")}),
           f"wall {time.monotonic() - t0:.1f} s")
     context = json.dumps(r, indent=1)[:6000]
 
@@ -118,6 +134,11 @@ def test_node_maps_a_streamed_scene_and_survives_malformed_input(tmp_path):
     keys = set(r["diagnostics"])
     assert {"input_rate_hz.rgb", "latency_ms_p50", "latency_ms_p95", "memory_mb", "frames_integrated"} <= keys
     assert any(k.startswith("dropped.") for k in keys)
+    # scene completion ran beside integration (in the library's worker) without failures
+    diag = r["diagnostics"]
+    assert r["completion_drained"] and diag["completion.status"] == "running" and int(diag["completion.chunks_completed"]) >= 1, diag
+    assert diag["completion.errors"] == "0" and int(diag["completion.predicted_voxels"]) > 0, diag
+    assert r["voxels"]["predicted"] == 0, r["voxels"]  # excluded by the parameter
 
 
 def test_invalid_parameter_is_refused_by_name(tmp_path):

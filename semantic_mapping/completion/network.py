@@ -212,7 +212,8 @@ def save_completion_model(path: os.PathLike, net: CompletionNetwork, meta: dict 
 
 
 def load_completion_model(path: os.PathLike, num_classes: int = None, device="cpu") -> CompletionNetwork:
-    """The network saved at `path`, in eval mode, loaded with weights_only=True.
+    """The network saved at `path`, in eval mode, loaded with weights_only=True; its checkpoint meta
+    (e.g. voxel_size_m) is `net.meta`.
 
     Raises CompletionWeightsError naming the path when the file is missing, unreadable, not a
     completion checkpoint, or trained for another number of classes than `num_classes` (if given).
@@ -242,4 +243,5 @@ def load_completion_model(path: os.PathLike, num_classes: int = None, device="cp
         net.load_state_dict(data["state_dict"])
     except (RuntimeError, KeyError) as exc:
         raise CompletionWeightsError(f"{path} does not match the completion network ({exc}); {advice}") from exc
+    net.meta = dict(data.get("meta") or {})
     return net.to(device).eval()

@@ -50,6 +50,15 @@ _ATTRIBUTES = (
 )
 
 
+# dense field name -> (attribute, numpy dtype, value where unallocated, scale, one channel)
+DENSE_FIELDS = {
+    "tsdf": ("tsdf", np.float32, 1.0, 1.0, True),
+    "weight": ("weight", np.float32, 0.0, 1.0, True),
+    "color": ("color", np.uint8, 0, 1.0, False),
+    "log_probs": ("semantic", np.float32, 0.0, 1.0 / LOG_PROB_SCALE, False),
+    "semantic_count": ("semantic_count", np.int32, 0, 1.0, True),
+}
+
 _WEIGHT_CAP_PERIOD = 256
 """Integrations between two weight caps; Open3D adds 1 per integration, so uint16 weights never wrap."""
 
@@ -73,6 +82,7 @@ class IntegrationStats:
 
     blocks_touched: int
     voxels_semantic_updated: int
+    chunks_touched: list  # chunk indices (x, y, z) the frame's blocks lie in
 
 
 class VoxelMap:
@@ -206,11 +216,12 @@ class VoxelMap:
         self._integrations += 1
         if self._integrations % _WEIGHT_CAP_PERIOD == 0:
             self._cap_weights()
-        self._record_changed_blocks(block_coords)
+        chunks = self._record_changed_blocks(block_coords)
         updated = 0
         if semantics is not None:
             updated = self._integrate_semantics(depth_m, intrinsics, T_world_cam, semantics)
-        return IntegrationStats(blocks_touched=int(block_coords.shape[0]), voxels_semantic_updated=updated)
+        return IntegrationStats(blocks_touched=int(block_coords.shape[0]), voxels_semantic_updated=updated,
+                                chunks_touched=chunks)
 
     def _integrate_semantics(
         self,
@@ -305,13 +316,14 @@ class VoxelMap:
             raise ValueError(f"fusion.chunk_shape_voxels {tuple(shape)} must be 3 multiples of the block resolution")
         return shape
 
-    def _record_changed_blocks(self, block_coords: o3c.Tensor) -> None:
+    def _record_changed_blocks(self, block_coords: o3c.Tensor) -> list:
+        """Mark integrated blocks changed and count an update of their chunks; returns those chunks."""
         blocks = block_coords.cpu().numpy().astype(np.int64)
         self._mark_blocks(blocks)
         blocks_per_chunk = self.chunk_shape_voxels // self.block_resolution
-        chunks = np.floor_divide(blocks, blocks_per_chunk)
-        for chunk in np.unique(chunks, axis=0).tolist():
-            self.chunk_updates[tuple(chunk)] += 1
+        chunks = [tuple(chunk) for chunk in np.unique(np.floor_divide(blocks, blocks_per_chunk), axis=0).tolist()]
+        self.chunk_updates.update(chunks)
+        return chunks
 
     def read_chunk(self, chunk_index) -> dict:
         """Dense arrays of one chunk (SSR-2D subvolume), voxel order [x, y, z]; unobserved voxels have weight 0.
@@ -320,46 +332,42 @@ class VoxelMap:
         uint8, log_probs [X, Y, Z, C] float32 (relative to the best class), semantic_count [X, Y, Z],
         and origin_index [3]: the integer index of voxel [0, 0, 0].
         """
-        R = self.block_resolution
         shape = self.chunk_shape_voxels
-        nb = shape // R
-        origin = np.asarray(chunk_index, dtype=np.int64) * shape
+        out = self.read_region(np.asarray(chunk_index, dtype=np.int64) * shape, shape, DENSE_FIELDS)
+        out["origin_index"] = np.asarray(chunk_index, dtype=np.int64) * shape
+        return out
+
+    def read_region(self, origin_index: np.ndarray, shape, fields=("tsdf", "weight", "color")) -> dict:
+        """Dense arrays of any box of voxels (origin_index [3], shape [3]), voxel order [x, y, z], reading
+        only the blocks it overlaps. `fields` among DENSE_FIELDS, as `read_chunk` returns them; the tsdf is
+        1 where unobserved (weight 0; "tsdf" needs "weight")."""
+        R = self.block_resolution
+        origin = np.asarray(origin_index, dtype=np.int64)
+        shape = np.asarray(shape, dtype=np.int64)
+        first = np.floor_divide(origin, R)
+        nb = np.floor_divide(origin + shape - 1, R) - first + 1  # [3] blocks along each axis
         offsets = np.stack(np.meshgrid(*[np.arange(n) for n in nb], indexing="ij"), -1).reshape(-1, 3)
-        blocks = origin // R + offsets  # [B, 3]
-        buf, found = self._grid.hashmap().find(o3c.Tensor(blocks.astype(np.int32)).to(self._o3d_device))
-        buf = from_dlpack(buf.to_dlpack()).long().cpu()
-        found = from_dlpack(found.to_dlpack()).bool().cpu()
-        X, Y, Z = (int(v) for v in shape)
-        out = {
-            "tsdf": np.ones((X, Y, Z), np.float32),
-            "weight": np.zeros((X, Y, Z), np.float32),
-            "color": np.zeros((X, Y, Z, 3), np.uint8),
-            "log_probs": np.zeros((X, Y, Z, self.num_classes), np.float32),
-            "semantic_count": np.zeros((X, Y, Z), np.int32),
-            "origin_index": origin,
-        }
-        if not found.any():
-            return out
-        present = buf[found]
-        where = offsets[found.numpy()] * R  # [P, 3] block origin inside the chunk
-
-        def dense(name, dtype, scale=1.0):  # attribute [P, z, y, x, ch] -> [P, x, y, z, ch]
-            values = self.attribute(name)[present.to(self.attribute(name).device)].cpu()
-            if values.dtype == torch.uint16:
-                values = values.to(torch.int32)
-            return (values.permute(0, 3, 2, 1, 4).numpy() * scale).astype(dtype)
-
-        fields = {
-            "tsdf": dense("tsdf", np.float32)[..., 0],
-            "weight": dense("weight", np.float32)[..., 0],
-            "color": dense("color", np.uint8),
-            "log_probs": dense("semantic", np.float32, 1.0 / LOG_PROB_SCALE),
-            "semantic_count": dense("semantic_count", np.int32)[..., 0],
-        }
-        for key, values in fields.items():
-            for (x, y, z), block_values in zip(where, values):
-                out[key][x:x + R, y:y + R, z:z + R] = block_values
-        out["tsdf"][out["weight"] == 0] = 1.0
+        found = np.zeros(len(offsets), bool)
+        if self.num_blocks:
+            buf, ok = self._grid.hashmap().find(o3c.Tensor((first + offsets).astype(np.int32)).to(self._o3d_device))
+            buf = from_dlpack(buf.to_dlpack()).long().cpu()
+            found = from_dlpack(ok.to_dlpack()).bool().cpu().numpy()
+        inside = tuple(slice(int(a), int(a + n)) for a, n in zip(origin - first * R, shape))
+        out = {}
+        for name in fields:
+            attribute, dtype, fill, scale, squeeze = DENSE_FIELDS[name]
+            channels = self.num_classes if name == "log_probs" else (3 if name == "color" else 1)
+            dense = np.full((*nb, R, R, R, channels), fill, dtype)  # [bx, by, bz, x, y, z, ch]
+            if found.any():
+                values = self.attribute(attribute)[buf[found].to(self.attribute(attribute).device)].cpu()
+                if values.dtype == torch.uint16:
+                    values = values.to(torch.int32)
+                block = offsets[found]
+                dense[block[:, 0], block[:, 1], block[:, 2]] = (values.permute(0, 3, 2, 1, 4).numpy() * scale).astype(dtype)
+            dense = dense.transpose(0, 3, 1, 4, 2, 5, 6).reshape(*(nb * R), channels)[inside]
+            out[name] = dense[..., 0] if squeeze else dense
+        if "tsdf" in out:
+            out["tsdf"][out["weight"] == 0] = 1.0
         return out
 
     # ------------------------------------------------------------------ queries
@@ -458,6 +466,58 @@ class VoxelMap:
         if self.num_blocks == 0:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
         mesh = self._grid.extract_triangle_mesh(weight_threshold=self.config.surface_weight_threshold)
+        if mesh.vertex.positions.shape[0] == 0:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
+        return mesh.vertex.positions.cpu().numpy(), mesh.triangle.indices.cpu().numpy().astype(np.int32)
+
+    def triangle_mesh_overlaid(
+        self,
+        voxel_indices: np.ndarray,  # [N, 3] int64 distinct integer voxel indices
+        tsdf: np.ndarray,  # [N] float32 truncation-normalised signed distance
+        colors: np.ndarray,  # [N, 3] uint8
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Marching-cubes mesh of the map's TSDF overlaid with other values (e.g. completion's predictions)
+        where the map has not observed (weight 0), over the blocks holding the given voxels and their
+        neighbours: (vertices [V, 3] float32 metres, triangles [T, 3] int32). Observed voxels keep their
+        values and surface weight threshold; the given voxels count as surface-weight observations."""
+        R = self.block_resolution
+        idx = np.asarray(voxel_indices, dtype=np.int64).reshape(-1, 3)
+        if len(idx) == 0:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
+        neighbours = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        blocks = np.unique((np.unique(np.floor_divide(idx, R), axis=0)[:, None] + neighbours).reshape(-1, 3), axis=0)
+        names, dtypes, channels = zip(*_ATTRIBUTES[:3])  # tsdf, weight, color
+        grid = o3d.t.geometry.VoxelBlockGrid(attr_names=names, attr_dtypes=dtypes, attr_channels=channels,
+                                             voxel_size=self.voxel_size_m, block_resolution=R,
+                                             block_count=len(blocks), device=self._o3d_device)
+        buf, _ = grid.hashmap().activate(o3c.Tensor(blocks.astype(np.int32)).to(self._o3d_device))
+        buf = from_dlpack(buf.to_dlpack()).long()
+        attrs = {name: from_dlpack(grid.attribute(name).to_dlpack()) for name in names}  # [B, R, R, R, ch]
+        flat = {name: t.view(torch.int16) if t.dtype == torch.uint16 else t for name, t in attrs.items()}
+        flat["tsdf"][buf] = 1.0
+        flat["weight"][buf] = 0
+        flat["color"][buf] = 0
+        if self.num_blocks:  # the map's blocks among them, copied whole
+            map_buf, found = self._grid.hashmap().find(o3c.Tensor(blocks.astype(np.int32)).to(self._o3d_device))
+            found_t = from_dlpack(found.to_dlpack()).bool()
+            map_buf = from_dlpack(map_buf.to_dlpack()).long()[found_t]
+            for name in names:
+                source = self.attribute(name)
+                source = source.view(torch.int16) if source.dtype == torch.uint16 else source
+                flat[name][buf[found_t]] = source[map_buf]
+        # the given voxels where unobserved (lookup's flat layout: block buffer * R^3 + (z * R + y) * R + x)
+        block_of = np.floor_divide(idx, R)
+        local = idx - block_of * R
+        row = np.searchsorted(pack_indices(blocks), pack_indices(block_of))  # blocks are sorted like their keys
+        voxel = buf.cpu()[torch.from_numpy(row)] * R**3 + torch.from_numpy((local[:, 2] * R + local[:, 1]) * R + local[:, 0])
+        voxel = voxel.to(buf.device)
+        weight = flat["weight"].reshape(-1)
+        free = weight[voxel] == 0
+        value = int(np.ceil(self.config.surface_weight_threshold)) + 1
+        weight[voxel[free]] = value
+        flat["tsdf"].reshape(-1)[voxel[free]] = torch.from_numpy(np.asarray(tsdf, np.float32)).to(buf.device)[free]
+        flat["color"].reshape(-1, 3)[voxel[free]] = torch.from_numpy(np.asarray(colors, np.int16)).to(buf.device)[free]
+        mesh = grid.extract_triangle_mesh(weight_threshold=self.config.surface_weight_threshold)
         if mesh.vertex.positions.shape[0] == 0:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
         return mesh.vertex.positions.cpu().numpy(), mesh.triangle.indices.cpu().numpy().astype(np.int32)

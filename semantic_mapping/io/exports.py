@@ -49,12 +49,14 @@ def _rgb_fields(colors: np.ndarray, prefix: str = "") -> tuple[list, list]:
 
 
 def write_mesh_ply(path: os.PathLike, mesh: SemanticMesh, label_space: LabelSpace) -> Path:
-    """Mesh with class colours as vertex colour, the observed colour, and a `label` vertex attribute."""
+    """Mesh with class colours as vertex colour, the observed (or predicted) colour, and `label` and
+    `predicted` (1 on the surface scene completion predicted) vertex attributes."""
     fields, data = _xyz_fields(mesh.vertices_m)
     f, d = _rgb_fields(label_space.colorize(mesh.vertex_labels))
     fields, data = fields + f, data + d
     f, d = _rgb_fields(mesh.vertex_colors, prefix="observed_")
-    fields, data = fields + f + [("label", "int", "<i4")], data + d + [mesh.vertex_labels]
+    fields += f + [("label", "int", "<i4"), ("predicted", "uchar", "u1")]
+    data += d + [mesh.vertex_labels, mesh.vertex_predicted.astype(np.uint8)]
     return atomic_write_bytes(path, _ply_bytes(fields, data, mesh.triangles))
 
 

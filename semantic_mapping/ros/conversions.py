@@ -151,9 +151,14 @@ def cloud_to_arrays(msg: PointCloud2) -> dict:
     return cloud_bytes_to_arrays(bytes(msg.data), msg.point_step, msg.width * msg.height)
 
 
+PREDICTED_ALPHA = 0.5
+"""Vertex alpha of the mesh surface scene completion predicted (observed surface: 1)."""
+
+
 def mesh_to_marker(mesh: SemanticMesh, label_colors: np.ndarray, stamp_ns: int, frame_id: str,
                    color_by: str = "label", ns: str = "semantic_mesh") -> Marker:
-    """TRIANGLE_LIST marker, one colour per vertex (class colour or observed colour)."""
+    """TRIANGLE_LIST marker, one colour per vertex (class colour or observed colour); vertices of the
+    predicted surface have alpha PREDICTED_ALPHA."""
     msg = Marker()
     msg.header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
     msg.ns, msg.id = ns, 0
@@ -172,9 +177,10 @@ def mesh_to_marker(mesh: SemanticMesh, label_colors: np.ndarray, stamp_ns: int, 
         rgb = table[mesh.vertex_labels[corners]]
     else:
         rgb = mesh.vertex_colors[corners]
-    rgbf = (rgb.astype(np.float64) / 255.0).tolist()
+    rgbaf = np.concatenate([rgb.astype(np.float64) / 255.0,
+                            np.where(mesh.vertex_predicted[corners], PREDICTED_ALPHA, 1.0)[:, None]], axis=1).tolist()
     msg.points = [Point(x=p[0], y=p[1], z=p[2]) for p in xyz]
-    msg.colors = [ColorRGBA(r=c[0], g=c[1], b=c[2], a=1.0) for c in rgbf]
+    msg.colors = [ColorRGBA(r=c[0], g=c[1], b=c[2], a=c[3]) for c in rgbaf]
     return msg
 
 

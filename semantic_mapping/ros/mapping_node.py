@@ -7,13 +7,16 @@ builds and publishes the map outputs between frames, and only for outputs someon
 Object slots (DiscoNeRF) are fitted in a thread of their own at node.objects_rate_hz: integration
 only queues object views; that thread turns them into views and extracts the objects holding the
 map lock briefly, and runs the optimisation steps (at most node.objects_max_steps_per_cycle per
-cycle) without it, so integration never waits for the optimisation.
+cycle) without it, so integration never waits for the optimisation. Scene completion (completion.enabled)
+runs in the library's own worker thread (semantic_mapping.completion.live); outputs are rebuilt when its
+predictions change, and include them (flagged) per completion.include_predicted.
 
 Subscribed (relative names, remappable): rgb/image, rgb/camera_info, depth/image,
 depth/camera_info (only when depth is not registered to rgb), pose (PoseStamped,
 PoseWithCovarianceStamped or Odometry per node.pose_source; or TF), semantic/labels,
 semantic/confidence, semantic/probabilities, instances/masks; ~/render/pose (PoseStamped, map frame).
-Published: ~/voxels (PointCloud2), ~/mesh (Marker), ~/traversability (OccupancyGrid),
+Published: ~/voxels (PointCloud2, field `predicted` 1 for completed voxels), ~/mesh (Marker; completed
+surface drawn with vertex alpha PREDICTED_ALPHA), ~/traversability (OccupancyGrid),
 ~/label_space (LabelSpace), ~/status (MapperStatus), ~/objects (ObjectSlotArray: the objects of
 the map, sorted by id), ~/object_markers (MarkerArray: a box and a "<class> #<id>" label per
 object, after a DELETEALL), /diagnostics (DiagnosticArray), and
@@ -103,7 +106,7 @@ RENDER_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryP
 RUNTIME_PARAMETERS = {"node.voxels_rate_hz", "node.mesh_rate_hz", "node.grid_rate_hz", "node.status_rate_hz",
                       "node.color_by", "node.default_map_path", "node.render_rate_hz", "node.render_width_px",
                       "node.render_height_px", "node.render_follow_camera", "node.render_pose_hold_s",
-                      "node.objects_rate_hz", "node.objects_max_steps_per_cycle"}
+                      "node.objects_rate_hz", "node.objects_max_steps_per_cycle", "completion.include_predicted"}
 # object-slot optimisation steps run per hold of the objects lock (a reset waits for one chunk at most)
 OBJECT_STEPS_PER_CHUNK = 2
 # before each chunk the objects thread lets queued frames be integrated first, waiting this long at most
@@ -255,6 +258,7 @@ class MappingNode(Node):
                                                  if self.mapper.voting is not None else "")
             + (f", objects from {p.mapper.objects.mask_source} masks at {p.node.objects_rate_hz:g} Hz"
                if self.mapper.object_slots is not None else ", objects off")
+            + f", completion {self.mapper.stats.completion.status}"
         )
 
     # ------------------------------------------------------------------ parameters
@@ -504,7 +508,8 @@ class MappingNode(Node):
             if rate <= 0 or subscribers == 0:
                 continue
             with self._lock:
-                version = (self._map_version, self._objects_version) if name == "voxels" else self._map_version
+                version = (self._map_version, self.mapper.predictions.version,
+                           self._objects_version if name == "voxels" else 0)
             if version == self._published_version[name] and not new_subscriber:
                 continue
             if now - self._last_publish[name] < 1.0 / rate and not new_subscriber:
@@ -516,12 +521,14 @@ class MappingNode(Node):
     def _build(self, name: str):
         frame_id, stamp = self.params.node.map_frame, self._stamp_ns()
         colors = self.label_space.colors
+        include = self.params.mapper.completion.include_predicted
         with self._mapper_lock:
             if name == "voxels":
-                return conv.voxels_to_cloud(self.mapper.labelled_voxels(), colors, stamp, frame_id, self.params.node.color_by)
+                return conv.voxels_to_cloud(self.mapper.labelled_voxels(include), colors, stamp, frame_id,
+                                            self.params.node.color_by)
             if name == "mesh":
-                return conv.mesh_to_marker(self.mapper.mesh(), colors, stamp, frame_id, self.params.node.color_by)
-            grid = self.mapper.traversability()
+                return conv.mesh_to_marker(self.mapper.mesh(include), colors, stamp, frame_id, self.params.node.color_by)
+            grid = self.mapper.traversability(include)
         return conv.grid_to_occupancy(grid, stamp, frame_id)
 
     def _publish_label_space(self) -> None:
@@ -737,6 +744,12 @@ class MappingNode(Node):
         }
         with self._mapper_lock:
             values["semantics_method"] = self.mapper.semantics_method
+            completion = self.mapper.stats.completion
+            values.update({"completion.status": completion.status, "completion.reason": completion.reason,
+                           "completion.chunks_completed": completion.chunks_completed,
+                           "completion.ms_per_chunk": f"{completion.ms_per_chunk:.0f}",
+                           "completion.queue_length": completion.queue_length, "completion.errors": completion.errors,
+                           "completion.predicted_voxels": self.mapper.predictions.num_voxels})
             voting = self.mapper.voting
             if voting is not None:
                 values.update({"voting.voxels_voted": voting.stats.voxels_voted, "voting.pending_voxels": voting.pending,
@@ -819,6 +832,7 @@ class MappingNode(Node):
         self._worker.join(timeout=5.0)
         self._render_thread.join(timeout=5.0)
         self._objects_thread.join(timeout=5.0)
+        self.mapper.close()
 
 
 def main(args: Optional[list] = None) -> int:

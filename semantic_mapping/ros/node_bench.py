@@ -8,7 +8,10 @@ integrate and the end-to-end latency from image stamp to map update (median and 
 measured by the node over its last 300 frames). Object slots run as the node runs them by default
 (objects.enabled, fitted in the node's objects thread from the simulator's instance masks, which the
 driver publishes on instances/masks); the objects the node published for the last frames are
-reported beside the figures. No ROS import here: it runs from the library venv.
+reported beside the figures. Scene completion runs as the launch file runs it (completion.enabled, in the
+library's worker thread; --no-completion turns it off); node.integrated_rate_hz is the input rate the
+node kept up with (frames integrated per second of input), and the completion worker's counters (status,
+chunks completed, ms per chunk) are reported beside it. No ROS import here: it runs from the library venv.
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ def run_node_benchmark(
     reliable: bool = True,
     params: Optional[dict] = None,
     watch_renders: bool = True,
+    completion: bool = True,
 ) -> dict:
     """Run the 10 Hz replay against the node in subprocesses; returns the figures and details.
 
     {"node.drop_rate": fraction, "node.latency_ms_p50": ms, "node.latency_ms_p95": ms, "detail": {...}}.
-    `params` are extra node parameters {dotted name: value} (e.g. semantics.method). With
+    `params` are extra node parameters {dotted name: value} (e.g. semantics.method); `completion` sets
+    completion.enabled (unless `params` does). With
     `watch_renders` the driver subscribes to the Gaussian-splat renders, so the node renders at
     node.render_rate_hz while it integrates (as it does with RViz open). Raises
     RuntimeError when ROS is not built (scripts/build_ros.sh) or a process fails.
@@ -58,7 +63,8 @@ def run_node_benchmark(
     work.mkdir(parents=True, exist_ok=True)
     domain = 10 + (os.getpid() * 13) % 90
     extra_params = dict(params or {})
-    params = {"fusion.voxel_size_m": voxel_size_m, "fusion.device": "cpu", **extra_params}
+    params = {"fusion.voxel_size_m": voxel_size_m, "fusion.device": "cpu", "completion.enabled": bool(completion),
+              **extra_params}
     # Best-effort 640x480 images over Fast DDS's default transports lose samples on a loaded 2-core
     # machine before the node sees them; `reliable=True` measures the node itself (replayed input).
     env = {"FASTDDS_BUILTIN_TRANSPORTS": transports} if transports else {}
@@ -82,6 +88,7 @@ def run_node_benchmark(
     r = json.loads(out.read_text())
     return {
         "node.drop_rate": float(r["drop_rate"]),
+        "node.integrated_rate_hz": rate_hz * r["integrated"] / max(r["published"], 1),
         "node.latency_ms_p50": float(r["latency_ms_p50"]),
         "node.latency_ms_p95": float(r["latency_ms_p95"]),
         "detail": {
@@ -93,6 +100,8 @@ def run_node_benchmark(
             "objects": r.get("object_count", 0), "objects_fresh": r.get("objects_fresh", False),
             "objects_classes": r.get("objects", {}).get("classes", []),
             "objects_diagnostics": r.get("objects_diagnostics", {}),
+            "completion": params["completion.enabled"],
+            "completion_diagnostics": r.get("completion_diagnostics", {}),
         },
     }
 
@@ -100,9 +109,10 @@ def run_node_benchmark(
 def figures(result: dict) -> list:
     """Benchmark records {"name", "value", "unit", "seeds", "detail"} (the format of eval/bench.py)."""
     seeds = [result["detail"]["seed"]]
-    units = {"node.drop_rate": "fraction", "node.latency_ms_p50": "ms", "node.latency_ms_p95": "ms"}
+    units = {"node.drop_rate": "fraction", "node.latency_ms_p50": "ms", "node.latency_ms_p95": "ms",
+             "node.integrated_rate_hz": "Hz"}
     return [{"name": name, "value": result[name], "unit": unit, "seeds": seeds, "detail": result["detail"]}
-            for name, unit in units.items()]
+            for name, unit in units.items() if name in result]
 
 
 def main(argv=None) -> int:
@@ -117,6 +127,8 @@ def main(argv=None) -> int:
                         help="extra node parameter, e.g. semantics.method=voting (repeatable; values as YAML)")
     parser.add_argument("--no-renders", action="store_true",
                         help="do not subscribe to the Gaussian-splat renders (by default a viewer watches them)")
+    parser.add_argument("--no-completion", action="store_true",
+                        help="run the node without scene completion (by default it completes chunks as it maps)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     import yaml
@@ -129,7 +141,8 @@ def main(argv=None) -> int:
         params[name] = yaml.safe_load(value)
     t0 = time.monotonic()
     result = run_node_benchmark(args.seed, args.frames, args.width, args.rate, transports=args.transports or None,
-                                reliable=not args.best_effort, params=params, watch_renders=not args.no_renders)
+                                reliable=not args.best_effort, params=params, watch_renders=not args.no_renders,
+                                completion=not args.no_completion)
     print(f"node at {args.rate:g} Hz, {args.width} px, {args.frames} frames: drop rate "
           f"{100 * result['node.drop_rate']:.1f} %, latency image stamp -> map update "
           f"median {result['node.latency_ms_p50']:.0f} ms, p95 {result['node.latency_ms_p95']:.0f} ms, "
@@ -137,6 +150,9 @@ def main(argv=None) -> int:
           f"{result['detail']['objects']} objects published"
           f"{'' if result['detail']['objects_fresh'] else ' (not of the last frames)'} "
           f"({time.monotonic() - t0:.0f} s)")
+    print(f"input rate kept up with: {result['node.integrated_rate_hz']:.2f} Hz of {args.rate:g} Hz, completion "
+          + (", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in result["detail"]["completion_diagnostics"].items())
+             or ("on" if result["detail"]["completion"] else "off")))
     objects = result["detail"]["objects_diagnostics"]
     if objects:
         print("objects: " + ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in objects.items()))

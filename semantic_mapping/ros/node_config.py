@@ -276,6 +276,7 @@ def check_values(params: NodeParameters) -> None:
     if not 1.0 <= n.render_hfov_deg < 179.0:
         raise ConfigError(f"node.render_hfov_deg: expected 1..179 degrees, got {n.render_hfov_deg}")
     _check_objects(params.mapper.objects)
+    _check_completion(params.mapper.completion)
     if n.objects_max_steps_per_cycle < 1:
         raise ConfigError(f"node.objects_max_steps_per_cycle: must be >= 1, got {n.objects_max_steps_per_cycle}")
     splatting = params.mapper.splatting
@@ -286,6 +287,17 @@ def check_values(params: NodeParameters) -> None:
         raise ConfigError(f"node.T_pose_cam: the quaternion {list(q)} is not unit length")
     if params.mapper.fusion.device not in ("auto", "cpu") and not str(params.mapper.fusion.device).startswith("cuda"):
         raise ConfigError(f"fusion.device: expected 'auto', 'cpu' or 'cuda[:N]', got {params.mapper.fusion.device!r}")
+
+
+def _check_completion(c) -> None:
+    """Ranges and choices of the completion.* parameters; ConfigError names the parameter."""
+    for name, value in (("min_updates", c.min_updates), ("threads", c.threads)):
+        if value < 1:
+            raise ConfigError(f"completion.{name}: must be >= 1, got {value}")
+    if not 0.0 <= c.min_confidence <= 1.0:
+        raise ConfigError(f"completion.min_confidence: expected [0, 1], got {c.min_confidence}")
+    if c.device not in ("auto", "cpu") and not str(c.device).startswith("cuda"):
+        raise ConfigError(f"completion.device: expected 'auto', 'cpu' or 'cuda[:N]', got {c.device!r}")
 
 
 def _check_objects(o) -> None:

@@ -192,7 +192,8 @@ def _cloud_summary(msg) -> dict:
     arrays = conv.cloud_to_arrays(msg)
     slots = arrays["slot"]
     return {"points": int(len(arrays["label"])), "fields": [f.name for f in msg.fields],
-            "slot_nonzero": int((slots > 0).sum()), "slot_ids": sorted(int(v) for v in np.unique(slots[slots > 0]))}
+            "slot_nonzero": int((slots > 0).sum()), "slot_ids": sorted(int(v) for v in np.unique(slots[slots > 0])),
+            "predicted": int(arrays["predicted"].sum())}
 
 
 def objects_summary(msg, label_names: list) -> dict:
@@ -231,6 +232,17 @@ def markers_summary(msg) -> dict:
 def _diagnostics(driver: Driver) -> dict:
     diag = driver.latest.get("diagnostics")
     return {kv.key: kv.value for st in diag.status for kv in st.values} if diag else {}
+
+
+def wait_for_completion(driver: Driver, timeout_s: float) -> bool:
+    """Wait until the node's completion worker has no chunk waiting and has completed one at least;
+    False at once when completion does not run."""
+    def done():
+        diag = _diagnostics(driver)
+        return diag.get("completion.status") not in (None, "running") or (
+            diag.get("completion.queue_length") == "0" and diag.get("completion.chunks_completed", "0") != "0")
+    return driver.wait_for(done, timeout_s, "the completion worker's due chunks") and \
+        _diagnostics(driver).get("completion.status") == "running"
 
 
 def wait_for_objects(driver: Driver, after_ns: int, timeout_s: float) -> bool:
@@ -423,8 +435,10 @@ def run(args) -> dict:
         if "object_markers" in driver.latest:
             result["object_markers"] = markers_summary(driver.latest["object_markers"])
         result["objects_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("objects.")}
+        result["completion_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("completion.")}
         if not args.checks:
             return result
+        result["completion_drained"] = wait_for_completion(driver, args.completion_timeout)
 
         # outputs arrive (subscribed only now: the node builds them for subscribers only)
         driver.subscribe_map_outputs()
@@ -522,6 +536,8 @@ def main(argv=None) -> int:
     parser.add_argument("--node-name", default="semantic_mapping")
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     parser.add_argument("--settle-timeout", type=float, default=30.0)
+    parser.add_argument("--completion-timeout", type=float, default=90.0,
+                        help="--checks: seconds to wait for the node's completion worker to finish the chunks due")
     parser.add_argument("--objects-timeout", type=float, default=15.0,
                         help="seconds to wait after the stream for the objects of its last frames")
     parser.add_argument("--checks", action="store_true")
