@@ -14,7 +14,6 @@ from semantic_mapping.completion.data import (
     kept_frames,
     masked_input,
     perturbed_pose,
-    read_crop,
     virtual_views,
 )
 
@@ -61,7 +60,7 @@ def test_crops_across_chunk_borders_read_what_the_chunks_hold(small_map):
     _, voxel_map = small_map
     surface = voxel_map.surface_voxel_indices()
     origin = surface[len(surface) // 2] - [10, 7, 12]
-    crop = read_crop(voxel_map, origin, (24, 20, 28))
+    crop = voxel_map.read_region(origin, (24, 20, 28))
     assert (crop["weight"] > 0).mean() > 0.05
     chunk_shape = voxel_map.chunk_shape_voxels
     for offset in ([0, 0, 0], [23, 19, 27], [5, 12, 20], [17, 3, 9]):

@@ -220,26 +220,6 @@ def make_completion_scene(seed: int, num_frames: int, voxel_size_m: float, scan:
     return CompletionScene(seed, voxel_size_m, incomplete, complete, kept, views)
 
 
-def read_crop(voxel_map, origin_index: np.ndarray, shape: tuple) -> dict:
-    """Dense arrays of a crop of a map (any origin and shape, voxel order [x, y, z]), as `read_chunk`:
-    tsdf [X, Y, Z] in [-1, 1] (1 where unobserved), weight, color [X, Y, Z, 3] uint8."""
-    shape = np.asarray(shape, np.int64)
-    chunk_shape = voxel_map.chunk_shape_voxels
-    first = np.floor_divide(origin_index, chunk_shape)
-    last = np.floor_divide(origin_index + shape - 1, chunk_shape)
-    out = {"tsdf": np.ones(tuple(shape), np.float32), "weight": np.zeros(tuple(shape), np.float32),
-           "color": np.zeros((*shape, 3), np.uint8)}
-    for chunk in np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(first, last)], indexing="ij"), -1).reshape(-1, 3):
-        dense = voxel_map.read_chunk(chunk)
-        lo = np.maximum(origin_index, dense["origin_index"])
-        hi = np.minimum(origin_index + shape, dense["origin_index"] + chunk_shape)
-        src = tuple(slice(a, b) for a, b in zip(lo - dense["origin_index"], hi - dense["origin_index"]))
-        dst = tuple(slice(a, b) for a, b in zip(lo - origin_index, hi - origin_index))
-        for key in out:
-            out[key][dst] = dense[key][src]
-    return out
-
-
 def masked_input(crop: dict, origin_index: np.ndarray, voxel_size_m: float, scan: IncompleteScanConfig,
                  seed: int) -> dict:
     """The input crop with the scan's cube masks applied (masked voxels become unobserved)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semantic_mapping.completion.data import read_crop
 from semantic_mapping.completion.network import CompletionNetwork, chunk_inputs
 
 
@@ -26,7 +25,7 @@ def context_shape(net: CompletionNetwork, chunk_shape: np.ndarray, context_voxel
 
 @torch.no_grad()
 def complete_crop(net: CompletionNetwork, crop: dict) -> dict:
-    """The network's prediction for a dense crop (`read_crop` arrays: tsdf, weight, color).
+    """The network's prediction for a dense crop (`VoxelMap.read_region` arrays: tsdf, weight, color).
 
     Returns tsdf [X, Y, Z] float32 truncation-normalised, color [X, Y, Z, 3] uint8, labels [X, Y, Z]
     int32 and label_probability [X, Y, Z] float32 (the softmax probability of that label).
@@ -50,12 +49,12 @@ def complete_chunk(net: CompletionNetwork, voxel_map, chunk_index, context_voxel
     """Prediction for map chunk `chunk_index` (arrays as `complete_crop`, cut to the chunk, plus
     origin_index [3] of its voxel [0, 0, 0]).
 
-    `read(origin_index, shape) -> crop dict` reads the input; by default the map itself (`read_crop`).
+    `read(origin_index, shape) -> crop dict` reads the input; by default the map itself (`VoxelMap.read_region`).
     """
     chunk_shape = voxel_map.chunk_shape_voxels
     margin, padded = context_shape(net, chunk_shape, context_voxels)
     origin = np.asarray(chunk_index, np.int64) * chunk_shape
-    crop = (read or (lambda o, s: read_crop(voxel_map, o, s)))(origin - margin, padded)
+    crop = (read or voxel_map.read_region)(origin - margin, padded)
     result = complete_crop(net, crop)
     inside = tuple(slice(int(a), int(a + n)) for a, n in zip(margin, chunk_shape))
     out = {key: value[inside] for key, value in result.items()}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semantic_mapping.completion.data import CompletionScene, IncompleteScanConfig, masked_input, read_crop
+from semantic_mapping.completion.data import CompletionScene, IncompleteScanConfig, masked_input
 from semantic_mapping.completion.network import CompletionNetwork, chunk_inputs
 from semantic_mapping.completion.renderer import render_volume
 from semantic_mapping.geometry.pose import invert_pose, transform_points
@@ -78,8 +78,8 @@ def crop_loss(net: CompletionNetwork, scene: CompletionScene, origin_index: np.n
     """Eq. 5 on one crop: the losses (tensors) and the number of supervised pixels."""
     vs = scene.voxel_size_m
     shape = np.asarray(config.crop_voxels)
-    target = read_crop(scene.complete.map, origin_index, shape)
-    source = target if scene.incomplete is scene.complete else read_crop(scene.incomplete.map, origin_index, shape)
+    target = scene.complete.map.read_region(origin_index, shape)
+    source = target if scene.incomplete is scene.complete else scene.incomplete.map.read_region(origin_index, shape)
     tsdf, observed, color = chunk_inputs(masked_input(source, origin_index, vs, config.scan, mask_seed))
     out = net(tsdf, observed, color)
     seen = torch.from_numpy(target["weight"] > 0)

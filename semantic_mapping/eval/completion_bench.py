@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semantic_mapping.completion.data import IncompleteScanConfig, masked_input, read_crop
+from semantic_mapping.completion.data import IncompleteScanConfig, masked_input
 from semantic_mapping.completion.infer import complete_chunk
 
 
@@ -72,7 +72,7 @@ def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan:
     gt_classes = visibility.gt.classes[visibility.seen]  # [G]
 
     def read_incomplete(origin_index, shape):
-        return masked_input(read_crop(voxel_map, origin_index, shape), origin_index, voxel_size_m, scan, seed)
+        return masked_input(voxel_map.read_region(origin_index, shape), origin_index, voxel_size_m, scan, seed)
 
     chunk_shape = voxel_map.chunk_shape_voxels
     blocks = voxel_map.active_block_coords().cpu().numpy().astype(np.int64)
