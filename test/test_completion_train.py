@@ -1,6 +1,7 @@
 """Completion training: the crop loss is supervised where it should be, and a short run on one small
 scene lowers it on crops it was not trained on."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -64,3 +65,23 @@ def test_short_training_lowers_the_loss_on_held_out_crops(scene):
     assert len(history) == 60 and np.isfinite([h["total"] for h in history]).all()
     print(f"held-out crop loss {before:.3f} -> {after:.3f}")
     assert after < 0.7 * before, (before, after)
+
+
+def test_train_completion_command_writes_weights_plot_and_history(tmp_path):
+    from semantic_mapping.cli import main
+    from semantic_mapping.completion.network import load_completion_model
+
+    out = tmp_path / "completion.pt"
+    assert main(["train-completion", "--out", str(out), "--seeds", "5", "--val-seeds", "6", "--frames", "12",
+                 "--steps", "2", "--crop", "16,16,32", "--validate-every", "1", "--voxel-size", "0.08"]) == 0
+    net = load_completion_model(out)
+    assert net.meta["voxel_size_m"] == 0.08 and net.meta["train_seeds"] == [5]
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert len(json.loads(out.with_suffix(".json").read_text())["validation"]) == 3  # before, after steps 1 and 2
+
+
+def test_train_completion_refuses_benchmark_seeds(tmp_path, capsys):
+    from semantic_mapping.cli import main
+
+    assert main(["train-completion", "--out", str(tmp_path / "c.pt"), "--seeds", "1001"]) == 2
+    assert "benchmark seeds" in capsys.readouterr().err
