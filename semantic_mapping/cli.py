@@ -282,7 +282,8 @@ def cmd_train_completion(args) -> int:
     if args.gpu_sized:
         net_config = CompletionNetworkConfig.gpu_sized(net_config.num_classes)
     config = CompletionTrainConfig(crop_voxels=crop, steps=args.steps, learning_rate=args.lr,
-                                   views_per_step=args.views_per_step, seed=args.seed)
+                                   views_per_step=args.views_per_step, seed=args.seed, hole_weight=args.hole_weight,
+                                   surface_band_weight=args.surface_band_weight)
     meta = run_training(args.out, parse_seeds(args.seeds), parse_seeds(args.val_seeds), args.frames, args.voxel_size,
                         net_config, config, validate_every=args.validate_every)
     out = Path(args.out)
@@ -460,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views-per-step", type=int, default=2, help="views each crop's render is supervised by")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam step size (cosine decay to a tenth)")
     p.add_argument("--validate-every", type=int, default=100, help="steps between validation losses")
+    p.add_argument("--hole-weight", type=float, default=1.0,
+                   help="3D loss weight of voxels the input lacks, relative to observed ones (1: Eq. 2)")
+    p.add_argument("--surface-band-weight", type=float, default=1.0,
+                   help="3D loss weight of voxels near the target surface (1: Eq. 2)")
     p.add_argument("--gpu-sized", action="store_true", help="the paper-sized network (16..128 channels)")
     p.add_argument("--seed", type=int, default=0, help="initialisation, crop and mask seed")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

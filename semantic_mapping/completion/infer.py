@@ -28,7 +28,8 @@ def complete_crop(net: CompletionNetwork, crop: dict) -> dict:
     """The network's prediction for a dense crop (`VoxelMap.read_region` arrays: tsdf, weight, color).
 
     Returns tsdf [X, Y, Z] float32 truncation-normalised, color [X, Y, Z, 3] uint8, labels [X, Y, Z]
-    int32 and label_probability [X, Y, Z] float32 (the softmax probability of that label).
+    int32, label_probability [X, Y, Z] float32 (the softmax probability of that label) and observed
+    [X, Y, Z] bool (the input's weight > 0).
     """
     device = next(net.parameters()).device
     tsdf, observed, color = chunk_inputs(crop, device)
@@ -37,7 +38,7 @@ def complete_crop(net: CompletionNetwork, crop: dict) -> dict:
     label_probability, labels = probs.max(dim=0)
     result = {"tsdf": out["tsdf"][0].float().cpu().numpy(),
               "labels": labels.to(torch.int32).cpu().numpy(),
-              "label_probability": label_probability.float().cpu().numpy()}
+              "label_probability": label_probability.float().cpu().numpy(), "observed": crop["weight"] > 0}
     if "color" in out:
         result["color"] = (out["color"][0].permute(1, 2, 3, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
     else:

@@ -7,8 +7,8 @@ of the map holding the map lock that integration also holds (Open3D's hash map c
 it is written), runs the network without the lock, and stores the prediction in `PredictionStore`,
 again under the lock and only if the map was not replaced meanwhile (reset, load).
 
-Predictions are kept sparsely: only voxels the network puts near a surface (|tsdf| below
-NEAR_SURFACE_TSDF, inside the truncation band), with their truncation-normalised tsdf, colour, label
+Predictions are kept sparsely: only unobserved voxels the network puts near a surface (|tsdf| below
+NEAR_SURFACE_TSDF), with their truncation-normalised tsdf, colour, label
 and confidence, the softmax probability of that label. The observations are never changed; outputs
 use a prediction only where the map has not observed the voxel (`fusion.outputs`).
 """
@@ -36,8 +36,9 @@ from semantic_mapping.types import PredictedVoxels
 log = logging.getLogger(__name__)
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "completion.pt"
-NEAR_SURFACE_TSDF = 0.99
-"""Predicted voxels with |tsdf| below this are kept (the network's tanh never quite reaches free space's 1)."""
+NEAR_SURFACE_TSDF = 0.5
+"""Predicted voxels with |tsdf| below this (half the truncation distance: 2 voxels at the default) are kept,
+where the input had not observed them: enough for the surface and its mesh, a few % of a chunk's voxels."""
 WORKER_NICE = 10
 """Niceness added to the worker thread (Linux): integration gets the cores first."""
 _STATE_PREFIX = "completion_"
@@ -240,7 +241,7 @@ class LiveCompletion:
                 return self._map.read_region(origin_index, shape)
 
         result = complete_chunk(self.net, self._map, chunk, self.config.context_voxels, read=read)
-        near = np.abs(result["tsdf"]) < NEAR_SURFACE_TSDF  # [X, Y, Z]
+        near = (np.abs(result["tsdf"]) < NEAR_SURFACE_TSDF) & ~result["observed"]  # [X, Y, Z]
         arrays = {"keys": pack_indices(np.argwhere(near) + result["origin_index"]), "tsdf": result["tsdf"][near],
                   "colors": result["color"][near], "labels": result["labels"][near],
                   "confidence": result["label_probability"][near]}

@@ -40,6 +40,10 @@ class CompletionTrainConfig:
     """Views each crop is rendered into, chosen among those that see its centre."""
     lambda_3d: float = 1.0
     """Weight of the 3D TSDF loss against the complete scan (Eq. 2)."""
+    hole_weight: float = 1.0
+    """In the 3D loss, voxels the input lacks count this many times as much as those it has (1: Eq. 2's plain mean)."""
+    surface_band_weight: float = 1.0
+    """In the 3D loss, voxels within half the truncation of the target surface count this many times as much."""
     lambda_depth: float = 1.0
     """Weight of the depth loss on real views (Eq. 1), depth in voxels."""
     lambda_color: float = 1.0
@@ -83,7 +87,10 @@ def crop_loss(net: CompletionNetwork, scene: CompletionScene, origin_index: np.n
     tsdf, observed, color = chunk_inputs(masked_input(source, origin_index, vs, config.scan, mask_seed))
     out = net(tsdf, observed, color)
     seen = torch.from_numpy(target["weight"] > 0)
-    losses = {"3d": (out["tsdf"][0][seen] - torch.from_numpy(target["tsdf"])[seen]).abs().mean()
+    target_tsdf = torch.from_numpy(target["tsdf"])
+    weight = (1.0 + (config.hole_weight - 1.0) * (~observed[0]).float()) \
+        * (1.0 + (config.surface_band_weight - 1.0) * (target_tsdf.abs() < 0.5).float())  # [X, Y, Z]
+    losses = {"3d": ((out["tsdf"][0] - target_tsdf).abs() * weight)[seen].sum() / weight[seen].sum()
               if seen.any() else out["tsdf"].sum() * 0.0}
     origin_m = origin_index * vs
     size_m = shape * vs

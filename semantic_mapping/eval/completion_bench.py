@@ -108,28 +108,21 @@ def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan:
             "chunk_s": chunk_s, "masked_share": float(np.mean(masked_share))}
 
 
-def default_weights_path() -> Path:
-    """The completion weights shipped in the package."""
-    return Path(__file__).resolve().parent.parent / "completion" / "weights" / "completion.pt"
-
-
 def completion_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: bool = True,
                        weights=None) -> list:
     """completion.geo_iou_gain, geo_recall_gain, ssc_miou_gain, precision_drop (points) and ms_per_chunk."""
     import torch
 
-    from semantic_mapping.completion.network import load_completion_model
-    from semantic_mapping.config import FusionConfig
+    from semantic_mapping.completion.live import SHIPPED_WEIGHTS, load_live_network
+    from semantic_mapping.config import CompletionConfig, FusionConfig
     from semantic_mapping.eval.bench import Figure
     from semantic_mapping.eval.metrics import SegmentationScores
     from semantic_mapping.semantics.label_space import default_label_space
 
-    path = Path(weights) if weights else default_weights_path()
+    path = Path(weights) if weights else SHIPPED_WEIGHTS
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = load_completion_model(path, default_label_space().num_classes, device=device)
-    trained_m = torch.load(path, map_location="cpu", weights_only=True)["meta"].get("voxel_size_m")
-    if trained_m is not None and abs(trained_m - voxel_size_m) > 1e-9:
-        raise ValueError(f"{path} was trained for {trained_m} m voxels, the benchmark maps {voxel_size_m} m")
+    net = load_live_network(CompletionConfig(weights=str(path), device=device), default_label_space().num_classes,
+                            voxel_size_m)
     scan = IncompleteScanConfig(keep_view_fraction=1.0, cube_probability=0.2)
     scenes = [completion_scene(seed, num_frames, voxel_size_m, net, scan, progress=progress) for seed in seeds]
     geo = {name: geometry_scores(sum(s["counts"][name] for s in scenes)) for name in ("raw", "completed")}
