@@ -197,7 +197,7 @@ def test_outputs_include_or_exclude_predictions_by_parameter(plane_mapper):
     without = (mapper.labelled_voxels(False), mapper.mesh(False), mapper.traversability(False))
     default = (mapper.labelled_voxels(), mapper.mesh(), mapper.traversability())
     assert not without[0].predicted.any() and not without[1].vertex_predicted.any() and not without[2].predicted.any()
-    assert default[0].predicted.any() and default[1].vertex_predicted.any() and default[2].predicted.any()
+    assert default[0].predicted.any() and default[1].vertex_predicted.any()
     mesh = default[1]
     assert len(mesh.triangles) > len(without[1].triangles)
     np.testing.assert_array_equal(mesh.vertices_m[: len(without[1].vertices_m)], without[1].vertices_m)
@@ -207,9 +207,10 @@ def test_outputs_include_or_exclude_predictions_by_parameter(plane_mapper):
     assert (mesh.vertex_labels[flagged] == PLANE_LABEL).all()
     nearest = mapper.map.voxel_indices(mesh.vertices_m[flagged])
     assert np.isnan(mapper.map.observed_sdf(nearest)).all()
-    # the predicted floor extends the free space of the grid, flagged; observed cells keep their state
+    # the predicted floor frees no cell of the grid: a planner should not drive on a guess
     grid, grid_observed = default[2], without[2]
-    assert (grid.cells[grid.predicted] == 0).any()
+    assert np.sum(grid.cells == grid.FREE) == np.sum(grid_observed.cells == grid.FREE) > 0
+    assert not grid.predicted.any()
     # the config's default: completion.include_predicted
     mapper.config.completion.include_predicted = False
     assert not mapper.labelled_voxels().predicted.any() and not mapper.mesh().vertex_predicted.any()
@@ -289,3 +290,23 @@ def test_completion_node_parameters():
         with pytest.raises(ConfigError, match=name):
             parameters_from_values({name: value})
     check_values(params)
+
+
+def test_predicted_obstacles_block_the_grid_and_predicted_floor_frees_nothing():
+    from semantic_mapping.config import OutputConfig
+    from semantic_mapping.fusion.outputs import build_traversability
+    from semantic_mapping.types import LabelledVoxels
+
+    space = default_label_space()
+    floor, chair = PLANE_LABEL, space.names.index("chair")
+    # cells along x at 0.1 m: observed floor, predicted floor, predicted chair above predicted floor, observed chair
+    positions = np.array([[0.05, 0.05, 0.0], [0.15, 0.05, 0.0], [0.25, 0.05, 0.0], [0.25, 0.05, 0.5],
+                          [0.35, 0.05, 0.0], [0.35, 0.05, 0.5]], np.float32)
+    labels = np.array([floor, floor, floor, chair, floor, chair], np.int32)
+    predicted = np.array([False, True, True, True, False, False])
+    voxels = LabelledVoxels(positions, np.zeros((6, 3), np.uint8), labels, np.ones(6, np.float32), predicted)
+    grid = build_traversability(voxels, space, OutputConfig(grid_resolution_m=0.1), 0.1)
+    col = np.floor((positions[[0, 1, 2, 4], 0] - grid.origin_xy_m[0]) / 0.1).astype(int)
+    row = int(np.floor((0.05 - grid.origin_xy_m[1]) / 0.1))
+    assert list(grid.cells[row, col]) == [grid.FREE, grid.UNKNOWN, grid.OCCUPIED, grid.OCCUPIED]
+    assert list(grid.predicted[row, col]) == [False, False, True, False]

@@ -95,9 +95,10 @@ def build_traversability(
 
     The floor level is the median height of floor-labelled voxels (the observed ones when there are
     any). A cell is occupied when a non-floor surface lies between floor + floor_clearance_m and floor +
-    robot_height_m; free when it has floor and no such obstacle; unknown otherwise. Predicted voxels
-    count like observed ones; a cell is flagged `predicted` when only predicted voxels made it free or
-    occupied.
+    robot_height_m; free when it has observed floor and no such obstacle; unknown otherwise. Predicted
+    obstacles count like observed ones (a cell is flagged `predicted` when only predicted voxels made it
+    occupied), predicted floor frees no cell: completion guesses what nobody saw, and a planner should
+    not drive on a guess.
     """
     resolution = float(config.grid_resolution_m or voxel_size_m)
     if len(voxels.labels) == 0:
@@ -115,14 +116,13 @@ def build_traversability(
     near_floor = np.abs(height) <= max(config.floor_clearance_m, 2 * voxel_size_m)
     # Unlabelled surfaces in the robot's height band block too: an unknown class is no licence to drive.
     obstacle = ~is_floor & (height > config.floor_clearance_m) & (height < config.robot_height_m)
-    free = is_floor & near_floor
+    free = is_floor & near_floor & ~voxels.predicted
     cells = np.full(shape, TraversabilityGrid.UNKNOWN, np.int8)
     cells[col_row[free, 1], col_row[free, 0]] = TraversabilityGrid.FREE
     cells[col_row[obstacle, 1], col_row[obstacle, 0]] = TraversabilityGrid.OCCUPIED
-    seen = np.zeros((2, *shape), bool)  # [free, occupied] cells with an observed voxel of that kind
-    for layer, kind in enumerate((free, obstacle)):
-        kind = kind & ~voxels.predicted
-        seen[layer, col_row[kind, 1], col_row[kind, 0]] = True
-    predicted = ((cells == TraversabilityGrid.FREE) & ~seen[0]) | ((cells == TraversabilityGrid.OCCUPIED) & ~seen[1])
+    observed_obstacle = obstacle & ~voxels.predicted
+    seen = np.zeros(shape, bool)  # cells with an observed obstacle
+    seen[col_row[observed_obstacle, 1], col_row[observed_obstacle, 0]] = True
+    predicted = (cells == TraversabilityGrid.OCCUPIED) & ~seen
     return TraversabilityGrid(cells=cells, resolution_m=resolution, origin_xy_m=(float(origin[0]), float(origin[1])),
                               predicted=predicted)
