@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-seeds", default="66", help="validation scene seeds")
     p.add_argument("--frames", type=int, default=150, help="frames simulated per scene")
     p.add_argument("--voxel-size", type=float, default=0.04, help="voxel size, metres (the map's)")
-    p.add_argument("--steps", type=int, default=800, help="optimiser steps (one crop each)")
+    p.add_argument("--steps", type=int, default=900, help="optimiser steps (one crop each)")
     p.add_argument("--crop", default="48,48,64", help="training crop x,y,z in voxels (multiples of 16)")
     p.add_argument("--views-per-step", type=int, default=2, help="views each crop's render is supervised by")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam step size (cosine decay to a tenth)")
