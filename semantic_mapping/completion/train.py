@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from semantic_mapping.completion.data import CompletionScene, IncompleteScanConfig, masked_input
-from semantic_mapping.completion.network import CompletionNetwork, chunk_inputs
+from semantic_mapping.completion.network import CompletionNetwork, CompletionNetworkConfig, chunk_inputs
 from semantic_mapping.completion.renderer import render_volume
 from semantic_mapping.geometry.pose import invert_pose, transform_points
 from semantic_mapping.geometry.projection import backproject_depth, project_points
@@ -185,14 +185,12 @@ LOSS_NAMES = ("total", "3d", "depth", "color", "semantics")
 
 def plot_training(history: list, validation: list, path, title: str = "completion training") -> None:
     """Training losses (running mean over 50 steps) and validation losses per term, as a PNG written atomically."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from semantic_mapping.atomic_files import atomic_write_bytes
+    from semantic_mapping.io.pictures import write_figure_png
 
     fig, axes = plt.subplots(1, len(LOSS_NAMES), figsize=(4 * len(LOSS_NAMES), 3.6))
     window = 50
@@ -208,11 +206,7 @@ def plot_training(history: list, validation: list, path, title: str = "completio
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_figure_png(fig, path, dpi=90)
 
 
 def run_training(out_path, train_seeds: list, val_seeds: list, num_frames: int, voxel_size_m: float,

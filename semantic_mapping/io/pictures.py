@@ -95,3 +95,18 @@ def objects_top_down(voxels, objects: list, label_space: LabelSpace, voxel_size_
             cv2.polylines(tile, [pts.astype(np.int32)], True, (255, 255, 255), 1, cv2.LINE_AA)
             cv2.putText(tile, text, anchor, cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
     return grid_of([[labelled(tiles[0], "objects (top-down)"), labelled(tiles[1], "classes (top-down)")]])
+
+
+def write_figure_png(fig, path, dpi: int = 100) -> None:
+    """A matplotlib figure laid out tightly and written as a PNG atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from semantic_mapping.atomic_files import atomic_write_bytes
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

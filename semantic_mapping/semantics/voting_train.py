@@ -102,14 +102,12 @@ def train(net: VotingNet, scenes: list, val_scenes: list, config: TrainConfig, p
 
 def plot_history(history: History, path, title: str = "soft voting training") -> None:
     """Loss curves (train, validation) and validation accuracy as a PNG, written atomically."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from semantic_mapping.atomic_files import atomic_write_bytes
+    from semantic_mapping.io.pictures import write_figure_png
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(history.step, history.train_loss, label="train (mean since last point)")
@@ -121,11 +119,7 @@ def plot_history(history: History, path, title: str = "soft voting training") ->
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("validation pixel accuracy")
     fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_figure_png(fig, path)
 
 
 def parse_seeds(text: str) -> list:
