@@ -200,7 +200,9 @@ def test_outputs_include_or_exclude_predictions_by_parameter(plane_mapper):
     assert default[0].predicted.any() and default[1].vertex_predicted.any()
     mesh = default[1]
     assert len(mesh.triangles) > len(without[1].triangles)
-    np.testing.assert_array_equal(mesh.vertices_m[: len(without[1].vertices_m)], without[1].vertices_m)
+    # the observed mesh comes first, unchanged (as a set: Open3D's CPU meshing orders vertices by thread timing)
+    np.testing.assert_array_equal(np.unique(mesh.vertices_m[: len(without[1].vertices_m)], axis=0),
+                                  np.unique(without[1].vertices_m, axis=0))
     flagged = mesh.vertex_predicted
     # mostly the plane; where it meets observed voxels behind a surface, their zero crossing too
     assert np.mean(np.abs(mesh.vertices_m[flagged, 2] - PLANE_Z_M) <= VOXEL_M) > 0.8
