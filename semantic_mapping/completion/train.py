@@ -161,16 +161,16 @@ def train_steps(net: CompletionNetwork, scenes: list, config: CompletionTrainCon
     return history
 
 
-def validation_loss(net: CompletionNetwork, scenes: list, config: CompletionTrainConfig, ignore_id: int,
-                    crops_per_scene: int = 8) -> dict:
-    """Mean Eq. 5 terms on fixed crops, cube masks and views of `scenes` (the same at every call)."""
+def validation_loss(net: CompletionNetwork, scenes: list, surfaces: list, config: CompletionTrainConfig,
+                    ignore_id: int, crops_per_scene: int = 8) -> dict:
+    """Mean Eq. 5 terms on fixed crops, cube masks and views of `scenes` (the same at every call); crops
+    sit around the complete scans' surface voxels `surfaces` ([N, 3] per scene)."""
     rng = np.random.default_rng(12345)
     shape = np.asarray(config.crop_voxels)
     sums, count = {}, 0
     net.eval()
     with torch.no_grad():
-        for scene in scenes:
-            surface = scene.complete.map.surface_voxel_indices()
+        for scene, surface in zip(scenes, surfaces):
             for k in range(crops_per_scene):
                 losses = crop_loss(net, scene, random_crop_origin(surface, shape, rng), config, ignore_id, rng,
                                    mask_seed=10**9 + scene.seed * 1000 + k)
@@ -234,11 +234,12 @@ def run_training(out_path, train_seeds: list, val_seeds: list, num_frames: int, 
     prepare_s = time.perf_counter() - start
     torch.manual_seed(config.seed)
     net = CompletionNetwork(net_config)
-    validation = [{"step": 0, **validation_loss(net, val_scenes, config, ignore_id)}]
+    val_surfaces = [scene.complete.map.surface_voxel_indices() for scene in val_scenes]  # [N, 3] each, read once
+    validation = [{"step": 0, **validation_loss(net, val_scenes, val_surfaces, config, ignore_id)}]
 
     def on_step(step: int, losses: dict) -> None:
         if (step + 1) % validate_every == 0 or step + 1 == config.steps:
-            validation.append({"step": step + 1, **validation_loss(net, val_scenes, config, ignore_id)})
+            validation.append({"step": step + 1, **validation_loss(net, val_scenes, val_surfaces, config, ignore_id)})
 
     history = train_steps(net, train_scenes, config, ignore_id, on_step=on_step)
     train_s = time.perf_counter() - start - prepare_s

@@ -85,7 +85,7 @@ def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan:
     for chunk in tqdm(chunks, desc=f"complete scene {seed}", unit="chunk", file=sys.stderr, disable=not progress):
         gt = voxel_map.read_chunk(chunk)
         origin = gt["origin_index"]
-        raw = read_incomplete(origin, chunk_shape)
+        raw = masked_input(gt, origin, voxel_size_m, scan, seed)  # the chunk as the network reads it
         t0 = time.perf_counter()
         prediction = complete_chunk(net, voxel_map, chunk, context_voxels, read=read_incomplete)
         chunk_s.append(time.perf_counter() - t0)
