@@ -9,7 +9,7 @@ import torch
 
 from semantic_mapping.config import CameraConfig, FusionConfig, MapperConfig, ObjectsConfig, SimConfig
 from semantic_mapping.objects.slot_field import SlotField, match_masks, slot_losses, soft_iou_affinity
-from semantic_mapping.objects.slots import dilate_ids, gravity_aligned_box
+from semantic_mapping.objects.slots import _join_parts, dilate_ids, gravity_aligned_box
 
 
 def test_affinity_is_soft_iou():
@@ -75,6 +75,74 @@ def test_field_separates_two_objects_from_inconsistent_masks(levels):
     assert main_a != main_b
     assert np.mean(slot_a == main_a) > 0.9 and np.mean(slot_b == main_b) > 0.9
     assert field.slot_first_seen_ns[main_a] == 0 and field.slot_last_seen_ns[main_a] == 11
+
+
+def test_mask_votes_count_every_mask_pixel_and_follow_the_consistent_masks():
+    box_a, box_b, views = _two_box_views(12, seed=1)
+    field = SlotField(ObjectsConfig(min_slots=4))
+    for voxels, ids, stamp in views:
+        field.add_view(voxels, ids, stamp)
+        field.optimise(15)
+    votes = field.mask_votes().numpy()  # [V, N] views
+    covered = np.zeros(field.num_voxels)
+    for voxels, ids, _ in views:
+        np.add.at(covered, field.rows_of(voxels[ids > 0]), 1.0)
+    assert votes.sum(axis=1) == pytest.approx(covered)  # one vote per view whose mask covers the voxel
+    for box in (box_a, box_b):
+        field_slot, _ = field.voxel_slots(field.rows_of(box))
+        voted_slot, _ = field.voxel_slots(field.rows_of(box), mask_votes=True)
+        seen = covered[field.rows_of(box)] > 0
+        main = np.bincount(voted_slot).argmax()
+        # the masks name the box correctly in most views, so the vote of every seen voxel does too
+        assert np.mean(voted_slot[seen] == main) > 0.97
+        assert np.mean(voted_slot == main) >= np.mean(field_slot == np.bincount(field_slot).argmax())
+        assert (voted_slot[~seen] == field_slot[~seen]).all()  # voxels no mask covers keep the field's slot
+    # a voxel the masks put in one slot in more views than in any other takes it, whatever the field says
+    rows = np.flatnonzero(np.sort(votes, axis=1)[:, -1] - np.sort(votes, axis=1)[:, -2] > 1.0)
+    assert len(rows) > 0
+    assert (field.voxel_slots(rows, mask_votes=True)[0] == votes[rows].argmax(axis=1)).all()
+    slot_a, _ = field.voxel_slots(field.rows_of(box_a), mask_votes=True)
+    slot_b, _ = field.voxel_slots(field.rows_of(box_b), mask_votes=True)
+    assert np.bincount(slot_a).argmax() != np.bincount(slot_b).argmax()
+
+
+def test_parts_that_most_masks_cover_together_are_joined():
+    """Three touching boxes in a row, A | B | C. A and B are one object cut by a seam (most views' masks
+    cover both); C is another object that one view in four merges with B."""
+    grid = np.stack(np.meshgrid(np.arange(6), np.arange(6), np.arange(6), indexing="ij"), -1).reshape(-1, 3)
+    boxes = [grid, grid + [6, 0, 0], grid + [12, 0, 0]]
+    voxels = np.concatenate(boxes)
+    field = SlotField(ObjectsConfig(min_slots=4))
+    for v in range(8):
+        ids = np.repeat([1, 1 if v % 4 else 2, 3 if v % 4 != 1 else 1], len(grid))  # views 0, 4 cut A|B; view 1 merges C
+        field.add_view(voxels, ids, v)
+    rows = field.rows_of(voxels)
+    part = np.repeat([0, 1, 2], len(grid))
+    joined = _join_parts(voxels, part, rows, field.views, min_share=0.5)
+    assert joined[0] == joined[len(grid)] != joined[-1]  # A and B joined (6 of 8 views), C kept apart (2 of 8)
+    assert len(np.unique(joined[part == 2])) == 1
+    assert (_join_parts(voxels, part, rows, field.views, min_share=0.9) == part).all()  # 6 of 8 is not 90 %
+    # parts that do not touch are never joined, whatever the masks say
+    apart = np.concatenate([boxes[0], boxes[2] + [6, 0, 0]])
+    field_apart = SlotField(ObjectsConfig(min_slots=4))
+    field_apart.add_view(apart, np.ones(len(apart), int), 0)
+    kept = _join_parts(apart, np.repeat([0, 1], len(grid)), field_apart.rows_of(apart), field_apart.views, 0.5)
+    assert kept[0] != kept[-1]
+
+
+def test_a_point_outside_the_objects_takes_the_nearest_neighbouring_object():
+    from semantic_mapping.fusion.voxel_map import pack_indices
+    from semantic_mapping.objects.slots import ObjectSlots
+    from semantic_mapping.semantics.label_space import default_label_space
+
+    slots = ObjectSlots(ObjectsConfig(), default_label_space())
+    keys = pack_indices(np.array([[0, 0, 0], [2, 0, 0]]))
+    order = np.argsort(keys)
+    slots.load_state({"next_id": 3}, {"objects_keys": keys[order], "objects_ids": np.array([1, 2])[order]})
+    coords = np.array([[0.2, 0.1, 0.0], [0.7, 0.0, 0.0], [1.3, 0.0, 0.0], [1.0, 0.0, 0.0], [1.6, 1.4, 0.0], [4.0, 0.0, 0.0]])
+    # inside voxel 0; in the empty voxel (1, 0, 0) nearer voxel 0, then nearer voxel 2; the empty voxel's
+    # centre (a tie: the first face neighbour); diagonal to voxel 2; no object within one voxel
+    assert slots.object_ids(coords).tolist() == [1, 1, 2, 1, 2, 0]
 
 
 def test_slots_grow_with_the_masks_of_a_view():

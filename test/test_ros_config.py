@@ -54,7 +54,7 @@ def test_parameter_values_are_checked_and_errors_name_the_parameter():
                       ("node.T_pose_cam", (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0)), ("node.on_time_jump", "ignore"),
                       ("objects.mask_source", "sam"), ("objects.matching", "greedy"), ("objects.view_interval_frames", 0),
                       ("objects.view_width_px", 4), ("objects.min_slots", 0), ("objects.learning_rate", 0.0),
-                      ("objects.min_mask_area_fraction", 1.5), ("objects.contained_fraction", 0.0),
+                      ("objects.min_mask_area_fraction", 1.5), ("objects.contained_fraction", 0.0), ("objects.join_share", 1.5),
                       ("objects.lambda_tv", -0.1), ("objects.geometric.normal_edge_deg", 200.0),
                       ("objects.geometric.depth_edge_rel", 0.0), ("objects.geometric.normal_window_px", 0),
                       ("node.objects_rate_hz", -1.0), ("node.objects_max_steps_per_cycle", 0)):

@@ -3,7 +3,8 @@
 Every tenth frame (index 5, 15, ...) is held out of the map. The other frames are fused, and every
 `objects.view_interval_frames`-th of them, with its simulated SAM-like masks, becomes a view of the
 slot field. The full method and its ablations (no Hungarian matching, no L_TV) fit their own fields
-to the very same views in the same run. At each held-out pose, the map's objects rendered there
+to the very same views in the same run; the extraction ablations (objects from the field's argmax
+without the views' mask votes, touching parts never joined) read the full method's field. At each held-out pose, the map's objects rendered there
 and the simulated masks of that (never fused) view are scored against the ground-truth segments
 with DiscoNeRF's IoU, BD and SBD. Ground-truth segments under `MIN_GT_SEGMENT_FRACTION` of the
 image (slivers no annotator would outline) and pixels of no segment are not scored. Both predictions
@@ -29,6 +30,9 @@ MIN_GT_SEGMENT_FRACTION = 0.01
 MIN_INSTANCE_VOXELS = 50
 """Ground-truth object instances with fewer seen surface voxels (0.08 m^2 at 4 cm) are not scored."""
 VARIANTS = {"full": {}, "no_matching": {"matching": "argmax"}, "no_tv": {"lambda_tv": 0.0}}
+"""Ablations that fit their own field."""
+EXTRACTION_VARIANTS = {"no_votes": {"mask_votes": False}, "no_join": {"join_share": 0.0}}
+"""Ablations of the extraction alone: objects read out of the full method's fitted field."""
 
 
 def scored_segments(gt_ids: np.ndarray, *predictions: np.ndarray, min_pred_fraction: float = 0.03) -> tuple:
@@ -118,6 +122,9 @@ def objects_scene(seed: int, num_frames: int, voxel_size_m: float, base=None, va
     seen = visibility.seen
     object_class = np.array([r == "object" for r in mapper.label_space.roles])
     gt_instance = np.where(object_class[gt_voxels.classes[seen]], gt_voxels.instances[seen], 0)
+    for name, change in EXTRACTION_VARIANTS.items():
+        slots[name] = ObjectSlots(replace(slots["full"].config, **change), mapper.label_space)
+        slots[name].field = slots["full"].field
     for name, s in slots.items():
         t0 = time.perf_counter()
         objects = s.extract(mapper.map)
@@ -150,7 +157,7 @@ def objects_figures(seeds: list, num_frames: int, voxel_size_m: float, progress:
     def recall_sum(name, key):
         return int(sum(s["recall"][name][key] for s in scenes))
 
-    ablations = {name: {m: score(name, k) for k, m in enumerate(("iou", "bd", "sbd"))} for name in ("masks", *VARIANTS)}
+    ablations = {name: {m: score(name, k) for k, m in enumerate(("iou", "bd", "sbd"))} for name in ("masks", *VARIANTS, *EXTRACTION_VARIANTS)}
     detail = {"held_out_views": sum(s["held_out_views"] for s in scenes), "views_per_scene": [s["views"] for s in scenes],
               "eval_width_px": EVAL_WIDTH_PX, "min_gt_segment_fraction": MIN_GT_SEGMENT_FRACTION,
               "ablations": ablations, "per_seed": {s["seed"]: {n: list(map(float, v)) for n, v in s["scores"].items()}
@@ -159,13 +166,13 @@ def objects_figures(seeds: list, num_frames: int, voxel_size_m: float, progress:
     for k, metric in enumerate(("iou", "bd", "sbd")):
         figures.append(Figure(f"objects.{metric}", score("full", k), "fraction", seeds,
                               {"masks": score("masks", k), "no_matching": score("no_matching", k),
-                               "no_tv": score("no_tv", k), **(detail if k == 0 else {})}))
+                               "no_tv": score("no_tv", k), "no_votes": score("no_votes", k), "no_join": score("no_join", k), **(detail if k == 0 else {})}))
     for k, metric in enumerate(("iou", "bd", "sbd")):
         figures.append(Figure(f"objects.masks_{metric}", score("masks", k), "fraction", seeds,
                               {"what": "single-view simulated SAM-like masks at the same held-out views"}))
     evaluated = recall_sum("full", "evaluated")
     recall_detail = {name: {key: recall_sum(name, key) for key in ("evaluated", "matched", "merged", "split", "objects")}
-                     for name in VARIANTS}
+                     for name in (*VARIANTS, *EXTRACTION_VARIANTS)}
     figures.append(Figure("objects.instance_recall", recall_sum("full", "matched") / max(evaluated, 1), "fraction", seeds,
                           {"min_instance_voxels": MIN_INSTANCE_VOXELS, **recall_detail["full"],
                            "ablations": recall_detail}))

@@ -23,8 +23,9 @@ from semantic_mapping.fusion.voxel_map import pack_indices, unpack_indices
 
 _FACE_STEPS = np.eye(3, dtype=np.int64)  # +x, +y, +z neighbours for the TV pairs
 _INIT_FEATURE_STD = 0.5  # spread of the features of voxels with no known neighbour
-_MATCH_MIN_AFFINITY = 0.3
-_TV_PAIRS_PER_STEP = 32768  # neighbour pairs per level in one step's L_TV (an unbiased sample of the mean)  # a slot counts as seen in a view when its matched mask has this affinity
+_MATCH_MIN_AFFINITY = 0.3  # a slot counts as seen in a view when its matched mask has this affinity
+_FIELD_PRIOR_VIEWS = 1.0  # extraction with mask votes counts the field's slot probabilities as this many views
+_TV_PAIRS_PER_STEP = 32768  # neighbour pairs per level in one step's L_TV (an unbiased sample of the mean)
 
 
 @dataclass
@@ -304,10 +305,32 @@ class SlotField:
         self.slot_last_seen_ns[good] = np.maximum(self.slot_last_seen_ns[good], stamp_ns)
 
     @torch.no_grad()
-    def voxel_slots(self, rows: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-        """(slot [V] int64, max slot probability [V] float32) of field rows (default: all)."""
+    def mask_votes(self) -> torch.Tensor:  # [V, N] float32
+        """Per voxel and slot, the views whose masks put the voxel in that slot: every kept view is
+        matched again (Eq. 4 affinity, Hungarian) to the fitted field, so all views vote in the same
+        slot numbering; a view's vote is the share of the voxel's pixels in each matched mask."""
+        votes = torch.zeros(self.num_voxels, self.num_slots, device=self.device)
+        for view in self.views:
+            probs = self.slot_probabilities(view.rows)  # [U, N]
+            affinity = soft_iou_affinity(view.mask_counts, probs, view.pixel_counts).cpu().numpy()  # [K, N]
+            slot_of_mask = torch.from_numpy(match_masks(affinity, self.config.matching)).to(self.device)  # [K]
+            view_votes = torch.zeros(len(view.rows), self.num_slots, device=self.device)  # [U, N]
+            view_votes.index_add_(1, slot_of_mask, view.mask_counts.T / view.pixel_counts[:, None])
+            votes.index_add_(0, view.rows, view_votes)
+        return votes
+
+    @torch.no_grad()
+    def voxel_slots(self, rows: Optional[np.ndarray] = None, mask_votes: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(slot [V] int64, max slot probability [V] float32) of field rows (default: all). The slot is
+        the field's most likely one; with `mask_votes`, it is the slot most views' masks put the voxel in
+        (`mask_votes`), with the field's probabilities counted as one more view (they settle ties and
+        voxels few masks cover)."""
         rows_t = torch.arange(self.num_voxels, device=self.device) if rows is None else torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)
         if len(rows_t) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        conf, slot = torch.cat([self.slot_probabilities(chunk) for chunk in rows_t.split(65536)]).max(dim=1)
+        probs = torch.cat([self.slot_probabilities(chunk) for chunk in rows_t.split(65536)])  # [R, N]
+        conf, slot = probs.max(dim=1)
+        if mask_votes:
+            votes = self.mask_votes()[rows_t]  # [R, N] views
+            slot = (votes + _FIELD_PRIOR_VIEWS * probs).argmax(dim=1)
         return slot.cpu().numpy(), conf.cpu().numpy()

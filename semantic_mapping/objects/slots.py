@@ -40,9 +40,11 @@ _NEIGHBOUR_STEPS = np.array(
         key=lambda s: (abs(s[0]) + abs(s[1]) + abs(s[2]), s),
     ),
     np.int64,
-)  # [26, 3] face neighbours first, then edges, then corners
+)  # [26, 3] face neighbours first, then edges, then corners (nearest first from a voxel centre)
 _SURFACE_TRUNCATION_SHARE = 0.75  # field voxels with |sdf| under this share of the truncation are surface
-_MIN_ID_OVERLAP = 0.3  # share of a new part that must lie in an old object for it to keep that object's id
+_MIN_ID_OVERLAP = 0.3
+_JOIN_COVER_SHARE = 0.5  # a mask covers a part in a view when it holds this share of the part's pixels there
+_JOIN_MIN_PIXELS = 20  # a part counts as seen by a view with this many pixels (at the view width)  # share of a new part that must lie in an old object for it to keep that object's id
 
 
 def view_size(intrinsics: CameraIntrinsics, view_width_px: int) -> tuple[int, int]:
@@ -65,12 +67,11 @@ def dilate_ids(ids: np.ndarray, pixels: int) -> np.ndarray:
     return ids
 
 
-def surface_voxels(voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(hit [H, W] bool, voxel indices [P, 3] int64 of the hit pixels, row-major) of the map raycast."""
+def surface_points(voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(hit [H, W] bool, world points [P, 3] metres of the hit pixels, row-major) of the map raycast."""
     depth = voxel_map.raycast(intrinsics, T_world_cam).depth_m  # [H, W] metres
     hit = depth > 0
-    points_world = transform_points(T_world_cam, backproject_depth(depth, intrinsics.K)[hit])  # [P, 3]
-    return hit, voxel_map.voxel_indices(points_world)
+    return hit, transform_points(T_world_cam, backproject_depth(depth, intrinsics.K)[hit])
 
 
 class ObjectSlots:
@@ -144,8 +145,8 @@ class ObjectSlots:
         if ids is None:
             return None
         intrinsics = frame.intrinsics.scaled(W, H)
-        hit, voxels = surface_voxels(voxel_map, intrinsics, frame.T_world_cam)
-        return voxels, ids[hit], frame.stamp_ns
+        hit, points_world = surface_points(voxel_map, intrinsics, frame.T_world_cam)
+        return voxel_map.voxel_indices(points_world), ids[hit], frame.stamp_ns
 
     def masks(self, frame: Frame, width_px: int, height_px: int) -> Optional[np.ndarray]:
         """The frame's masks at width x height after §7.1 preprocessing: [h, w] int32 ids, or None."""
@@ -196,11 +197,13 @@ class ObjectSlots:
         if len(rows) == 0:
             self.objects, self._object_keys, self._object_ids = [], np.zeros(0, np.int64), np.zeros(0, np.int64)
             return self.objects
-        slot, slot_conf = field.voxel_slots(rows)
+        slot, slot_conf = field.voxel_slots(rows, mask_votes=self.config.mask_votes)
         part = _connected_parts(indices[rows], slot)  # [R] part index per voxel
         part = _absorb_small_parts(indices[rows], part, self.config.min_object_voxels)
         keep = part >= 0
         rows, slot, slot_conf, part = rows[keep], slot[keep], slot_conf[keep], part[keep]
+        if self.config.join_share > 0 and len(rows):
+            part = _join_parts(indices[rows], part, rows, field.views, self.config.join_share)
         keys = field.keys[rows]
         ids = self._stable_ids(keys, part)  # [R] object id per voxel
         objects = []
@@ -280,40 +283,82 @@ class ObjectSlots:
         pos = sorted_positions(self._object_keys, keys)
         return np.where(pos >= 0, self._object_ids[np.maximum(pos, 0)], 0)
 
-    def object_ids(self, voxel_indices: np.ndarray) -> np.ndarray:  # [N] int64, 0 = none
-        """Object id of integer voxel indices [N, 3]; a voxel of no object takes a 26-neighbour's."""
-        idx = np.asarray(voxel_indices, np.int64).reshape(-1, 3)
+    def object_ids(self, voxel_coords: np.ndarray) -> np.ndarray:  # [N] int64, 0 = none
+        """Object id at positions [N, 3] in voxel units (world metres / voxel size; integer voxel indices
+        are voxel centres): the id of the voxel holding the position, else that of the nearest of its
+        26 neighbours that is in an object."""
+        coords = np.asarray(voxel_coords, np.float64).reshape(-1, 3)
+        idx = np.floor(coords + 0.5).astype(np.int64)  # [N, 3] voxel holding each position
         ids = self.object_ids_of_keys(pack_indices(idx))
-        for step in _NEIGHBOUR_STEPS:
-            missing = np.flatnonzero(ids == 0)
-            if len(missing) == 0:
-                break
-            ids[missing] = self.object_ids_of_keys(pack_indices(idx[missing] + step))
+        missing = np.flatnonzero(ids == 0)
+        for chunk in np.array_split(missing, max(1, len(missing) // 65536)):
+            candidates = idx[chunk, None, :] + _NEIGHBOUR_STEPS[None]  # [M, 26, 3]
+            candidate_ids = self.object_ids_of_keys(pack_indices(candidates.reshape(-1, 3))).reshape(candidates.shape[:2])
+            distance = np.where(candidate_ids > 0, ((candidates - coords[chunk, None, :]) ** 2).sum(axis=2), np.inf)
+            ids[chunk] = candidate_ids[np.arange(len(chunk)), distance.argmin(axis=1)]  # 0 where no neighbour has one
         return ids
 
     def render_ids(self, voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> np.ndarray:
-        """Object id image [H, W] int32 (0 = none) of the map seen from a camera, from the last extraction."""
-        hit, voxels = surface_voxels(voxel_map, intrinsics, T_world_cam)
+        """Object id image [H, W] int32 (0 = none) of the map seen from a camera, from the last extraction:
+        each pixel takes the object at its raycast surface point."""
+        hit, points_world = surface_points(voxel_map, intrinsics, T_world_cam)
         out = np.zeros(hit.shape, np.int32)
-        out[hit] = self.object_ids(voxels)
+        out[hit] = self.object_ids(points_world / voxel_map.voxel_size_m)
         return out
 
 
-def _connected_parts(indices: np.ndarray, slot: np.ndarray) -> np.ndarray:  # [N] int64
-    """Connected components of voxels [N, 3] where 26-neighbours with the same slot [N] are linked."""
+def _neighbour_pairs(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i [E], j [E]) int64: every pair of 26-neighbours among voxels [N, 3], once."""
     keys = pack_indices(indices)
     order = np.argsort(keys)
     sorted_keys = keys[order]
     rows, cols = [], []
     for step in _FORWARD_STEPS:
         pos = sorted_positions(sorted_keys, pack_indices(indices + step))
-        nb = order[np.maximum(pos, 0)]
-        linked = (pos >= 0) & (slot[nb] == slot)
-        rows.append(np.flatnonzero(linked))
-        cols.append(nb[linked])
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(len(keys), len(keys)))
+        rows.append(np.flatnonzero(pos >= 0))
+        cols.append(order[pos[pos >= 0]])
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def _connected_parts(indices: np.ndarray, slot: np.ndarray) -> np.ndarray:  # [N] int64
+    """Connected components of voxels [N, 3] where 26-neighbours with the same slot [N] are linked."""
+    i, j = _neighbour_pairs(indices)
+    linked = slot[i] == slot[j]
+    graph = coo_matrix((np.ones(linked.sum(), np.int8), (i[linked], j[linked])), shape=(len(indices), len(indices)))
     return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def _join_parts(indices: np.ndarray, part: np.ndarray, rows: np.ndarray, views: list,
+                           min_share: float) -> np.ndarray:  # [N] int64
+    """Parts [N] (>= 0) of voxels [N, 3] (field rows `rows`) joined where two touching parts are covered
+    by one mask in at least `min_share` of the kept views that see both: the masks treat them as one
+    object, so a seam between two slots that no view confirms goes."""
+    n = int(part.max()) + 1
+    i, j = _neighbour_pairs(indices)
+    cross = part[i] != part[j]
+    touching = np.unique(np.sort(np.stack([part[i[cross]], part[j[cross]]], 1), axis=1), axis=0)  # [T, 2]
+    if len(touching) == 0:
+        return part
+    part_of_row = np.full(int(rows.max()) + 1, -1, np.int64)
+    part_of_row[rows] = part
+    seen_both = np.zeros(len(touching))
+    joined = np.zeros(len(touching))
+    for view in views:
+        view_rows = view.rows.cpu().numpy()
+        p = np.where(view_rows < len(part_of_row), part_of_row[np.minimum(view_rows, len(part_of_row) - 1)], -1)  # [U]
+        on = np.flatnonzero(p >= 0)
+        pixels = view.pixel_counts.cpu().numpy()[on]
+        visible = np.bincount(p[on], weights=pixels, minlength=n)  # [n] pixels of each part in the view
+        to_part = coo_matrix((np.ones(len(on)), (np.arange(len(on)), p[on])), shape=(len(on), n)).tocsr()
+        mask_on_part = (to_part.T @ view.mask_counts.cpu().numpy()[:, on].T).T  # [K, n] pixels of mask k on part
+        covered = mask_on_part >= _JOIN_COVER_SHARE * np.maximum(visible, 1)[None]  # [K, n]
+        a, b = touching[:, 0], touching[:, 1]
+        both = (visible[a] >= _JOIN_MIN_PIXELS) & (visible[b] >= _JOIN_MIN_PIXELS)
+        seen_both += both
+        joined += both & (covered[:, a] & covered[:, b]).any(axis=0)
+    join = (seen_both >= 1) & (joined >= min_share * seen_both)
+    graph = coo_matrix((np.ones(join.sum(), np.int8), (touching[join, 0], touching[join, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)[part]
 
 
 def _absorb_small_parts(indices: np.ndarray, part: np.ndarray, min_voxels: int, sweeps: int = 3) -> np.ndarray:
