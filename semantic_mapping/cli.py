@@ -241,8 +241,20 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from semantic_mapping.eval.bench import STAGES, run_benchmark
 
+    from semantic_mapping.sim.sequence import DEVELOPMENT_SEEDS
+
     only = tuple(args.only) if args.only else STAGES
-    return run_benchmark(json_path=args.json, quick=args.quick, only=only)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+        outside = [s for s in seeds if s not in DEVELOPMENT_SEEDS]
+        if outside:
+            raise ValueError(f"--seeds: {outside} are not development seeds ({DEVELOPMENT_SEEDS.start}-"
+                             f"{DEVELOPMENT_SEEDS.stop - 1}); the benchmark seeds run without --seeds")
+    return run_benchmark(json_path=args.json, quick=args.quick, only=only, seeds=seeds)
 
 
 def cmd_train_voting(args) -> int:
@@ -413,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer frames and scenes (smoke run, not for reporting)")
     p.add_argument("--only", action="append", choices=STAGES,
                    help="run only this part of the suite (repeatable; default: all)")
+    p.add_argument("--seeds", help="comma-separated development seeds instead of the benchmark's (development "
+                                   "runs, not for reporting), e.g. 0,2,3,4")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("render", help="render a saved map as Gaussian splats from a camera pose: rgb, "

@@ -35,3 +35,12 @@ def test_node_figures_come_from_node_bench_records(monkeypatch):
 
     monkeypatch.setattr(node_bench, "run_node_benchmark", failing)
     assert bench.node_figures() == []
+
+
+def test_bench_runs_development_seeds_only_when_asked(capsys):
+    from semantic_mapping.cli import main
+
+    assert main(["bench", "--only", "objects", "--seeds", "1001"]) == 2
+    assert "not development seeds" in capsys.readouterr().err
+    assert main(["bench", "--only", "objects", "--seeds", "two"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err

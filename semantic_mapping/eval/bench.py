@@ -146,15 +146,17 @@ def _peak_memory(seed: int, num_frames: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def collect_figures(quick: bool = False, progress: bool = True, only: tuple = STAGES) -> list:
-    """Run the suite (the stages in `only`) and return its figures."""
+def collect_figures(quick: bool = False, progress: bool = True, only: tuple = STAGES, seeds: Optional[list] = None) -> list:
+    """Run the suite (the stages in `only`) on the benchmark seeds, or on `seeds` (development runs),
+    and return its figures."""
     from semantic_mapping.eval.completion_bench import completion_figures
     from semantic_mapping.eval.objects_bench import objects_figures
     from semantic_mapping.eval.render_bench import render_figures
     from semantic_mapping.eval.voting_bench import voting_figures
     from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
 
-    seeds = list(BENCHMARK_SEEDS[:1] if quick else BENCHMARK_SEEDS)
+    if seeds is None:
+        seeds = list(BENCHMARK_SEEDS[:1] if quick else BENCHMARK_SEEDS)
     num_frames = QUICK_FRAMES if quick else SUITE_FRAMES
     figures = []
     if "fusion" in only:
@@ -282,13 +284,17 @@ def format_table(figures: list) -> str:
     return "\n".join(lines)
 
 
-def run_benchmark(json_path: Optional[str] = None, quick: bool = False, only: tuple = STAGES) -> int:
+def run_benchmark(json_path: Optional[str] = None, quick: bool = False, only: tuple = STAGES,
+                  seeds: Optional[list] = None) -> int:
     from semantic_mapping.io.exports import write_json
 
     start = time.perf_counter()
-    figures = collect_figures(quick=quick, only=only)
+    figures = collect_figures(quick=quick, only=only, seeds=seeds)
     print(format_table(figures))
-    print(f"\n{'quick smoke run, not for reporting; ' if quick else ''}total {time.perf_counter() - start:.0f} s")
+    caveat = "quick smoke run, not for reporting; " if quick else ""
+    if seeds is not None:
+        caveat += f"development seeds {', '.join(map(str, seeds))}, not the benchmark's; "
+    print(f"\n{caveat}total {time.perf_counter() - start:.0f} s")
     if json_path:
         write_json(Path(json_path), [asdict(f) for f in figures])
         print(f"wrote {json_path}")
