@@ -118,15 +118,15 @@ def test_parts_that_most_masks_cover_together_are_joined():
         field.add_view(voxels, ids, v)
     rows = field.rows_of(voxels)
     part = np.repeat([0, 1, 2], len(grid))
-    joined = _join_parts(voxels, part, rows, field.views, min_share=0.5)
+    joined = _join_parts(voxels, part, rows, field, min_share=0.5)
     assert joined[0] == joined[len(grid)] != joined[-1]  # A and B joined (6 of 8 views), C kept apart (2 of 8)
     assert len(np.unique(joined[part == 2])) == 1
-    assert (_join_parts(voxels, part, rows, field.views, min_share=0.9) == part).all()  # 6 of 8 is not 90 %
+    assert (_join_parts(voxels, part, rows, field, min_share=0.9) == part).all()  # 6 of 8 is not 90 %
     # parts that do not touch are never joined, whatever the masks say
     apart = np.concatenate([boxes[0], boxes[2] + [6, 0, 0]])
     field_apart = SlotField(ObjectsConfig(min_slots=4))
     field_apart.add_view(apart, np.ones(len(apart), int), 0)
-    kept = _join_parts(apart, np.repeat([0, 1], len(grid)), field_apart.rows_of(apart), field_apart.views, 0.5)
+    kept = _join_parts(apart, np.repeat([0, 1], len(grid)), field_apart.rows_of(apart), field_apart, 0.5)
     assert kept[0] != kept[-1]
 
 

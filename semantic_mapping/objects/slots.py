@@ -203,7 +203,7 @@ class ObjectSlots:
         keep = part >= 0
         rows, slot, slot_conf, part = rows[keep], slot[keep], slot_conf[keep], part[keep]
         if self.config.join_share > 0 and len(rows):
-            part = _join_parts(indices[rows], part, rows, field.views, self.config.join_share)
+            part = _join_parts(indices[rows], part, rows, field, self.config.join_share)
         keys = field.keys[rows]
         ids = self._stable_ids(keys, part)  # [R] object id per voxel
         objects = []
@@ -328,36 +328,33 @@ def _connected_parts(indices: np.ndarray, slot: np.ndarray) -> np.ndarray:  # [N
     return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
-def _join_parts(indices: np.ndarray, part: np.ndarray, rows: np.ndarray, views: list,
-                           min_share: float) -> np.ndarray:  # [N] int64
-    """Parts [N] (>= 0) of voxels [N, 3] (field rows `rows`) joined where two touching parts are covered
-    by one mask in at least `min_share` of the kept views that see both: the masks treat them as one
-    object, so a seam between two slots that no view confirms goes."""
+def _join_parts(indices: np.ndarray, part: np.ndarray, rows: np.ndarray, field: SlotField, min_share: float) -> np.ndarray:
+    """Parts [N] (>= 0) of voxels [N, 3] (field rows `rows` [N]) joined where two touching parts are
+    covered by one mask in at least `min_share` of the field's kept views that see both: the masks
+    treat them as one object, so a seam between two slots that no view confirms goes."""
     n = int(part.max()) + 1
     i, j = _neighbour_pairs(indices)
     cross = part[i] != part[j]
     touching = np.unique(np.sort(np.stack([part[i[cross]], part[j[cross]]], 1), axis=1), axis=0)  # [T, 2]
     if len(touching) == 0:
         return part
-    part_of_row = np.full(int(rows.max()) + 1, -1, np.int64)
+    a, b = touching[:, 0], touching[:, 1]
+    part_of_row = np.full(field.num_voxels, -1, np.int64)
     part_of_row[rows] = part
-    seen_both = np.zeros(len(touching))
-    joined = np.zeros(len(touching))
-    for view in views:
-        view_rows = view.rows.cpu().numpy()
-        p = np.where(view_rows < len(part_of_row), part_of_row[np.minimum(view_rows, len(part_of_row) - 1)], -1)  # [U]
+    seen_both = np.zeros(len(touching))  # [T] views that see both parts of a pair
+    joined = np.zeros(len(touching))  # [T] of those, views with one mask covering both
+    for view in field.views:
+        p = part_of_row[view.rows.cpu().numpy()]  # [U] part of each row the view hits, -1 = none
         on = np.flatnonzero(p >= 0)
-        pixels = view.pixel_counts.cpu().numpy()[on]
-        visible = np.bincount(p[on], weights=pixels, minlength=n)  # [n] pixels of each part in the view
+        visible = np.bincount(p[on], weights=view.pixel_counts.cpu().numpy()[on], minlength=n)  # [n] pixels per part
         to_part = coo_matrix((np.ones(len(on)), (np.arange(len(on)), p[on])), shape=(len(on), n)).tocsr()
         mask_on_part = (to_part.T @ view.mask_counts.cpu().numpy()[:, on].T).T  # [K, n] pixels of mask k on part
         covered = mask_on_part >= _JOIN_COVER_SHARE * np.maximum(visible, 1)[None]  # [K, n]
-        a, b = touching[:, 0], touching[:, 1]
         both = (visible[a] >= _JOIN_MIN_PIXELS) & (visible[b] >= _JOIN_MIN_PIXELS)
         seen_both += both
         joined += both & (covered[:, a] & covered[:, b]).any(axis=0)
     join = (seen_both >= 1) & (joined >= min_share * seen_both)
-    graph = coo_matrix((np.ones(join.sum(), np.int8), (touching[join, 0], touching[join, 1])), shape=(n, n))
+    graph = coo_matrix((np.ones(join.sum(), np.int8), (a[join], b[join])), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)[part]
 
 
