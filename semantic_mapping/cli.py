@@ -240,7 +240,6 @@ def cmd_run(args) -> int:
 
 def cmd_bench(args) -> int:
     from semantic_mapping.eval.bench import STAGES, run_benchmark
-
     from semantic_mapping.sim.sequence import DEVELOPMENT_SEEDS
 
     only = tuple(args.only) if args.only else STAGES

@@ -4,12 +4,13 @@ Every tenth frame (index 5, 15, ...) is held out of the map. The other frames ar
 `objects.view_interval_frames`-th of them, with its simulated SAM-like masks, becomes a view of the
 slot field. The full method and its ablations (no Hungarian matching, no L_TV) fit their own fields
 to the very same views in the same run; the extraction ablations (objects from the field's argmax
-without the views' mask votes, touching parts never joined) read the full method's field. At each held-out pose, the map's objects rendered there
-and the simulated masks of that (never fused) view are scored against the ground-truth segments
-with DiscoNeRF's IoU, BD and SBD. Ground-truth segments under `MIN_GT_SEGMENT_FRACTION` of the
-image (slivers no annotator would outline) and pixels of no segment are not scored. Both predictions
-go through the same §7.1 size filter (segments under `objects.min_mask_area_fraction` of the image
-dropped): the masks went through it when they were made, the rendered objects get it here; the
+without the views' mask votes, touching parts never joined) read the full method's field. At each
+held-out pose, the map's objects rendered there and the simulated masks of that (never fused) view
+are scored against the ground-truth segments with DiscoNeRF's IoU, BD and SBD. Ground-truth
+segments under `MIN_GT_SEGMENT_FRACTION` of the image (slivers no annotator would outline) and
+pixels of no segment are not scored. Both predictions go through the same §7.1 size filter
+(segments under `objects.min_mask_area_fraction` of the image dropped): the masks went through it
+when they were made, the rendered objects get it here; the
 scores of the renders without it are reported beside.
 Object-level recall counts ground-truth object instances matched by exactly one object at 3D IoU
 >= 0.5 over the ground-truth surface voxels the fused frames saw.

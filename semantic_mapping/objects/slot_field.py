@@ -323,7 +323,7 @@ class SlotField:
     def voxel_slots(self, rows: Optional[np.ndarray] = None, mask_votes: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(slot [V] int64, max slot probability [V] float32) of field rows (default: all). The slot is
         the field's most likely one; with `mask_votes`, it is the slot most views' masks put the voxel in
-        (`mask_votes`), with the field's probabilities counted as one more view (they settle ties and
+        (see `mask_votes`), with the field's probabilities counted as one more view (they settle ties and
         voxels few masks cover)."""
         rows_t = torch.arange(self.num_voxels, device=self.device) if rows is None else torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)
         if len(rows_t) == 0:

@@ -42,9 +42,9 @@ _NEIGHBOUR_STEPS = np.array(
     np.int64,
 )  # [26, 3] face neighbours first, then edges, then corners (nearest first from a voxel centre)
 _SURFACE_TRUNCATION_SHARE = 0.75  # field voxels with |sdf| under this share of the truncation are surface
-_MIN_ID_OVERLAP = 0.3
+_MIN_ID_OVERLAP = 0.3  # share of a new part that must lie in an old object for it to keep that object's id
 _JOIN_COVER_SHARE = 0.5  # a mask covers a part in a view when it holds this share of the part's pixels there
-_JOIN_MIN_PIXELS = 20  # a part counts as seen by a view with this many pixels (at the view width)  # share of a new part that must lie in an old object for it to keep that object's id
+_JOIN_MIN_PIXELS = 20  # a part counts as seen by a view with this many pixels (at the view width)
 
 
 def view_size(intrinsics: CameraIntrinsics, view_width_px: int) -> tuple[int, int]:
