@@ -219,7 +219,7 @@ class ObjectsConfig:
     mask_votes: bool = True
     """Extraction: each voxel takes the slot its kept views' masks are matched to most often (the field's own argmax where no mask covers it); False: the field's argmax alone."""
     join_share: float = 0.5
-    """Touching parts are one object when one mask covers both in at least this share of the kept views that see both (0: never joined)."""
+    """Two parts are one object when one mask covers both in at least this share of the kept views that see both and mask either (0: never joined)."""
     min_object_voxels: int = 30
     """A connected part of a slot with fewer voxels is not an object."""
     seed: int = 0

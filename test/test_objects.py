@@ -118,16 +118,29 @@ def test_parts_that_most_masks_cover_together_are_joined():
         field.add_view(voxels, ids, v)
     rows = field.rows_of(voxels)
     part = np.repeat([0, 1, 2], len(grid))
-    joined = _join_parts(voxels, part, rows, field, min_share=0.5)
+    joined = _join_parts(part, rows, field, min_share=0.5)
     assert joined[0] == joined[len(grid)] != joined[-1]  # A and B joined (6 of 8 views), C kept apart (2 of 8)
     assert len(np.unique(joined[part == 2])) == 1
-    assert (_join_parts(voxels, part, rows, field, min_share=0.9) == part).all()  # 6 of 8 is not 90 %
-    # parts that do not touch are never joined, whatever the masks say
-    apart = np.concatenate([boxes[0], boxes[2] + [6, 0, 0]])
-    field_apart = SlotField(ObjectsConfig(min_slots=4))
-    field_apart.add_view(apart, np.ones(len(apart), int), 0)
-    kept = _join_parts(apart, np.repeat([0, 1], len(grid)), field_apart.rows_of(apart), field_apart, 0.5)
-    assert kept[0] != kept[-1]
+    assert (_join_parts(part, rows, field, min_share=0.9) == part).all()  # 6 of 8 is not 90 %
+
+
+def test_pieces_of_one_object_are_joined_across_a_gap_and_unmasked_views_do_not_count():
+    """Two boxes a gap apart: one mask covers both in the two views that mask them, and three more
+    views see them with no mask at all (as when an object's masks are dropped as too small)."""
+    grid = np.stack(np.meshgrid(np.arange(6), np.arange(6), np.arange(6), indexing="ij"), -1).reshape(-1, 3)
+    apart = np.concatenate([grid, grid + [10, 0, 0]])
+    part = np.repeat([0, 1], len(grid))
+    for together, expected_joined in ((True, True), (False, False)):
+        field = SlotField(ObjectsConfig(min_slots=4))
+        background = np.concatenate([apart, grid + [0, 20, 0]])  # a third box every view masks, so none is empty
+        for v in range(5):
+            ids = np.zeros(len(background), int)
+            ids[2 * len(grid):] = 3
+            if v < 2:
+                ids[: 2 * len(grid)] = 1 if together else part + 1
+            field.add_view(background, ids, v)
+        joined = _join_parts(part, field.rows_of(apart), field, min_share=0.5)
+        assert (joined[0] == joined[-1]) == expected_joined
 
 
 def test_a_point_outside_the_objects_takes_the_nearest_neighbouring_object():

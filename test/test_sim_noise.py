@@ -24,7 +24,7 @@ from semantic_mapping.semantics.plugins import (
     register_segmenter,
 )
 from semantic_mapping.sim import SceneRenderer, generate_scene, make_trajectory
-from semantic_mapping.sim.masks import SimulatedMaskGenerator, preprocess_masks
+from semantic_mapping.sim.masks import SimulatedMaskGenerator, ground_truth_segments, preprocess_masks
 from semantic_mapping.sim.segmenter import SimulatedSegmenter, labels_and_confidence, similarity_matrix
 from semantic_mapping.types import CameraIntrinsics, Frame, FrameGroundTruth
 
@@ -305,6 +305,19 @@ def test_masks_on_rendered_scene(scene_frames):
     assert np.mean(counts) >= 3
     again = SimulatedMaskGenerator(MaskSimConfig(), seed=4).generate(scene_frames[5])
     assert np.array_equal(again, generator.generate(scene_frames[5]))
+
+
+def test_ground_truth_segments_split_a_hidden_wall_only_in_the_image():
+    labels = np.full((40, 60), WALL, np.int32)
+    instances = np.zeros((40, 60), np.int32)
+    labels[:, 25:35], instances[:, 25:35] = CHAIR, 1  # a chair cuts the wall in two in this view
+    frame = hand_frame(labels, instances)
+    for image_components, wall_segments in ((True, 2), (False, 1)):
+        segments, is_object = ground_truth_segments(frame, LABELS, image_components=image_components)
+        assert len(is_object) == 2 + wall_segments and is_object.tolist() == [False, True] + [False] * wall_segments
+        assert np.all(segments[:, 25:35] == 1)
+        assert len(np.unique(segments[:, :25])) == 1 and len(np.unique(segments[:, 35:])) == 1
+        assert (segments[0, 0] == segments[0, -1]) == (wall_segments == 1)
 
 
 def test_split_rate():

@@ -268,7 +268,8 @@ def format_table(figures: list) -> str:
             ref = f"gsplat, {f.detail['gaussians']} Gaussians, {f.detail['device']}"
         elif f.name in ("objects.iou", "objects.bd", "objects.sbd"):
             d = f.detail
-            ref = f"masks {d['masks']:.4f}, no matching {d['no_matching']:.4f}, no L_TV {d['no_tv']:.4f}, no votes {d['no_votes']:.4f}, no join {d['no_join']:.4f}"
+            ref = (f"masks {d['masks']:.4f}, no matching {d['no_matching']:.4f}, no L_TV {d['no_tv']:.4f}, no votes {d['no_votes']:.4f}, "
+                   f"no join {d['no_join']:.4f}; image_gt {d['image_gt']:.4f} vs masks {d['masks_image_gt']:.4f}")
         elif f.name == "objects.instance_recall":
             d = f.detail
             ref = (f"{d['matched']} of {d['evaluated']} instances >= {d['min_instance_voxels']} voxels; "

@@ -9,6 +9,7 @@ at the view), `optimise` fits the field (no map access), `extract` reads objects
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from typing import Optional
 
@@ -203,7 +204,7 @@ class ObjectSlots:
         keep = part >= 0
         rows, slot, slot_conf, part = rows[keep], slot[keep], slot_conf[keep], part[keep]
         if self.config.join_share > 0 and len(rows):
-            part = _join_parts(indices[rows], part, rows, field, self.config.join_share)
+            part = _join_parts(part, rows, field, self.config.join_share)
         keys = field.keys[rows]
         ids = self._stable_ids(keys, part)  # [R] object id per voxel
         objects = []
@@ -328,32 +329,35 @@ def _connected_parts(indices: np.ndarray, slot: np.ndarray) -> np.ndarray:  # [N
     return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
-def _join_parts(indices: np.ndarray, part: np.ndarray, rows: np.ndarray, field: SlotField, min_share: float) -> np.ndarray:
-    """Parts [N] (>= 0) of voxels [N, 3] (field rows `rows` [N]) joined where two touching parts are
-    covered by one mask in at least `min_share` of the field's kept views that see both: the masks
-    treat them as one object, so a seam between two slots that no view confirms goes."""
+def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share: float) -> np.ndarray:
+    """Parts [N] (>= 0) of field rows `rows` [N] joined where one mask covers both parts of a pair in at
+    least `min_share` of the field's kept views that see both and mask either: the masks treat them as
+    one object, so a seam between two slots that no view confirms goes, and so does a gap between
+    pieces of one object that occlusion or an unseen edge left apart. A view that masks neither part
+    says nothing about the pair (its masks were dropped as too small, or it missed the object)."""
     n = int(part.max()) + 1
-    i, j = _neighbour_pairs(indices)
-    cross = part[i] != part[j]
-    touching = np.unique(np.sort(np.stack([part[i[cross]], part[j[cross]]], 1), axis=1), axis=0)  # [T, 2]
-    if len(touching) == 0:
-        return part
-    a, b = touching[:, 0], touching[:, 1]
     part_of_row = np.full(field.num_voxels, -1, np.int64)
     part_of_row[rows] = part
-    seen_both = np.zeros(len(touching))  # [T] views that see both parts of a pair
-    joined = np.zeros(len(touching))  # [T] of those, views with one mask covering both
+    seen, masked, together = [], [], []  # per view: [n] parts seen, [n] parts masked, codes a * n + b of pairs one mask covers
     for view in field.views:
         p = part_of_row[view.rows.cpu().numpy()]  # [U] part of each row the view hits, -1 = none
         on = np.flatnonzero(p >= 0)
         visible = np.bincount(p[on], weights=view.pixel_counts.cpu().numpy()[on], minlength=n)  # [n] pixels per part
         to_part = coo_matrix((np.ones(len(on)), (np.arange(len(on)), p[on])), shape=(len(on), n)).tocsr()
         mask_on_part = (to_part.T @ view.mask_counts.cpu().numpy()[:, on].T).T  # [K, n] pixels of mask k on part
-        covered = mask_on_part >= _JOIN_COVER_SHARE * np.maximum(visible, 1)[None]  # [K, n]
-        both = (visible[a] >= _JOIN_MIN_PIXELS) & (visible[b] >= _JOIN_MIN_PIXELS)
-        seen_both += both
-        joined += both & (covered[:, a] & covered[:, b]).any(axis=0)
-    join = (seen_both >= 1) & (joined >= min_share * seen_both)
+        seen_here = visible >= _JOIN_MIN_PIXELS
+        covered = seen_here[None] & (mask_on_part >= _JOIN_COVER_SHARE * np.maximum(visible, 1)[None])  # [K, n]
+        codes = [a * n + b for mask in covered for a, b in itertools.combinations(np.flatnonzero(mask), 2)]
+        seen.append(seen_here)
+        masked.append(covered.any(axis=0))
+        together.append(np.unique(np.asarray(codes, np.int64)))
+    pairs, joined = np.unique(np.concatenate(together or [np.zeros(0, np.int64)]), return_counts=True)  # [T], [T] views
+    if len(pairs) == 0:
+        return part
+    a, b = pairs // n, pairs % n
+    seen, masked = np.asarray(seen), np.asarray(masked)  # [views, n]
+    asked = (seen[:, a] & seen[:, b] & (masked[:, a] | masked[:, b])).sum(axis=0)  # [T] views that see both and mask either
+    join = joined >= min_share * asked
     graph = coo_matrix((np.ones(join.sum(), np.int8), (a[join], b[join])), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)[part]
 

@@ -90,12 +90,15 @@ def _overlap(masks: np.ndarray, boxes: list, i: int, j: int) -> int:
 
 
 def ground_truth_segments(frame: Frame, label_space: LabelSpace, depth_m: Optional[np.ndarray] = None,
-                          stuff_masks: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                          stuff_masks: bool = True, image_components: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth segments [H, W] int32 (0 = none, 1..S) and is_object [S + 1] bool of a frame.
 
     Each object instance is a segment. Floor and structure surfaces (when `stuff_masks`) are split
-    by instance, class, dominant axis of the world normal and connected component, so that each
-    wall plane is its own segment. `depth_m` defaults to the true depth (else the frame's).
+    by instance, class and dominant axis of the world normal, so that each wall plane is its own
+    segment, and, with `image_components`, by connected component in the image: a floor that a table
+    cuts in two is two segments, as an image segmenter sees it. Without it the segments are the same
+    3D surfaces in every view, as instance annotations of a 3D scene are. `depth_m` defaults to the
+    true depth (else the frame's).
     """
     gt = require_ground_truth(frame, "ground_truth_segments")
     if depth_m is None:
@@ -120,7 +123,11 @@ def ground_truth_segments(frame: Frame, label_space: LabelSpace, depth_m: Option
             positive = np.take_along_axis(normals_world, axis[..., None], -1)[..., 0] > 0
             key += axis * 2 + positive
         for k in np.unique(key[stuff]):
-            n, comp = cv2.connectedComponents((stuff & (key == k)).astype(np.uint8), connectivity=4)
+            surface = stuff & (key == k)
+            if image_components:
+                n, comp = cv2.connectedComponents(surface.astype(np.uint8), connectivity=4)
+            else:
+                n, comp = 2, surface.astype(np.int32)
             segments = np.where(comp > 0, comp + S, segments).astype(np.int32)
             S += n - 1
     is_object = np.zeros(S + 1, bool)
