@@ -57,6 +57,58 @@ def _test_completion_weights(path: Path) -> Path:
     return path
 
 
+_SHUTDOWN_RACE = """
+import rclpy
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+import semantic_mapping.ros.mapping_node as mapping_node
+
+
+class StubNode:
+    def shutdown(self):
+        pass
+
+    def destroy_node(self):
+        pass
+
+
+class RacingExecutor:
+    \"\"\"Spins into a context a signal has just shut down, as rclpy does when SIGINT lands mid-wait.\"\"\"
+
+    def add_node(self, node):
+        pass
+
+    def spin(self):
+        rclpy.shutdown()
+        raise _rclpy.RCLError("failed to initialize wait set: the given context is not valid")
+
+    def shutdown(self, timeout_sec=None):
+        pass
+
+
+class FailingExecutor(RacingExecutor):
+    def spin(self):
+        raise _rclpy.RCLError("a failure while the context is valid")
+
+
+mapping_node.MappingNode = StubNode
+mapping_node.SingleThreadedExecutor = RacingExecutor
+assert mapping_node.main([]) == 0
+mapping_node.SingleThreadedExecutor = FailingExecutor
+try:
+    mapping_node.main([])
+except _rclpy.RCLError:
+    print("re-raised")
+"""
+
+
+def test_node_stops_cleanly_when_a_signal_shuts_the_context_mid_spin(tmp_path):
+    _require_ros()
+    (tmp_path / "shutdown_race.py").write_text(_SHUTDOWN_RACE)
+    run = subprocess.run(proc.ros_command("shutdown_race", []), cwd=tmp_path, capture_output=True, text=True,
+                         env=proc.ros_env(domain_id(40), tmp_path / "ros_log"), timeout=120)
+    assert run.returncode == 0 and run.stdout.strip().endswith("re-raised"), run.stdout + run.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_node_maps_a_streamed_scene_and_survives_malformed_input(tmp_path):
     _require_ros()

@@ -46,6 +46,7 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -852,6 +853,11 @@ def main(args: Optional[list] = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except _rclpy.RCLError:
+        # A signal can shut the context down while the executor builds its wait set; rclpy then raises
+        # RCLError ("context is not valid") instead of ExternalShutdownException. That is a clean stop.
+        if rclpy.ok():
+            raise
     finally:
         node.shutdown()
         executor.shutdown(timeout_sec=1.0)
