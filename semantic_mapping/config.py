@@ -220,6 +220,8 @@ class ObjectsConfig:
     """Extraction: each voxel takes the slot its kept views' masks are matched to most often (the field's own argmax where no mask covers it); False: the field's argmax alone."""
     join_share: float = 0.5
     """Two parts are one object when one mask covers both in at least this share of the kept views that see both and mask either (0: never joined)."""
+    unmasked_class_share: float = 0.25
+    """Extraction: voxels that masks cover in under this share of the kept views that see them, and that the semantic map labels with an object class, are grouped by that class instead of by slot (objects too small for a mask in every view, or that no view saw); 0: off."""
     min_object_voxels: int = 30
     """A connected part of a slot with fewer voxels is not an object."""
     seed: int = 0

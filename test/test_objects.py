@@ -9,7 +9,7 @@ import torch
 
 from semantic_mapping.config import CameraConfig, FusionConfig, MapperConfig, ObjectsConfig, SimConfig
 from semantic_mapping.objects.slot_field import SlotField, match_masks, slot_losses, soft_iou_affinity
-from semantic_mapping.objects.slots import _join_parts, dilate_ids, gravity_aligned_box
+from semantic_mapping.objects.slots import _connected_parts, _join_parts, _unmasked_by_class, dilate_ids, gravity_aligned_box
 
 
 def test_affinity_is_soft_iou():
@@ -83,14 +83,20 @@ def test_mask_votes_count_every_mask_pixel_and_follow_the_consistent_masks():
     for voxels, ids, stamp in views:
         field.add_view(voxels, ids, stamp)
         field.optimise(15)
-    votes = field.mask_votes().numpy()  # [V, N] views
-    covered = np.zeros(field.num_voxels)
+    votes_t, views_t = field.mask_votes()
+    votes = votes_t.numpy()  # [V, N] views
+    covered, seen_by = np.zeros(field.num_voxels), np.zeros(field.num_voxels)
     for voxels, ids, _ in views:
         np.add.at(covered, field.rows_of(voxels[ids > 0]), 1.0)
+        np.add.at(seen_by, field.rows_of(voxels), 1.0)
     assert votes.sum(axis=1) == pytest.approx(covered)  # one vote per view whose mask covers the voxel
+    assert views_t.numpy() == pytest.approx(seen_by)  # and the views that see it
+
+    def voted(rows):
+        return field.voxel_slots(rows, votes=votes_t[torch.from_numpy(rows)])
     for box in (box_a, box_b):
         field_slot, _ = field.voxel_slots(field.rows_of(box))
-        voted_slot, _ = field.voxel_slots(field.rows_of(box), mask_votes=True)
+        voted_slot, _ = voted(field.rows_of(box))
         seen = covered[field.rows_of(box)] > 0
         main = np.bincount(voted_slot).argmax()
         # the masks name the box correctly in most views, so the vote of every seen voxel does too
@@ -100,9 +106,9 @@ def test_mask_votes_count_every_mask_pixel_and_follow_the_consistent_masks():
     # a voxel the masks put in one slot in more views than in any other takes it, whatever the field says
     rows = np.flatnonzero(np.sort(votes, axis=1)[:, -1] - np.sort(votes, axis=1)[:, -2] > 1.0)
     assert len(rows) > 0
-    assert (field.voxel_slots(rows, mask_votes=True)[0] == votes[rows].argmax(axis=1)).all()
-    slot_a, _ = field.voxel_slots(field.rows_of(box_a), mask_votes=True)
-    slot_b, _ = field.voxel_slots(field.rows_of(box_b), mask_votes=True)
+    assert (voted(rows)[0] == votes[rows].argmax(axis=1)).all()
+    slot_a, _ = voted(field.rows_of(box_a))
+    slot_b, _ = voted(field.rows_of(box_b))
     assert np.bincount(slot_a).argmax() != np.bincount(slot_b).argmax()
 
 
@@ -141,6 +147,38 @@ def test_pieces_of_one_object_are_joined_across_a_gap_and_unmasked_views_do_not_
             field.add_view(background, ids, v)
         joined = _join_parts(part, field.rows_of(apart), field, min_share=0.5)
         assert (joined[0] == joined[-1]) == expected_joined
+
+
+def test_an_object_no_mask_shows_is_told_from_its_support_by_its_class():
+    """A box on a table top that every view sees but no mask covers (too small in every view) takes
+    the table's slot; grouped by its class it becomes its own part. Unmasked voxels of a structure
+    class, unlabelled ones and masked ones keep their slot."""
+    from semantic_mapping.semantics.label_space import default_label_space
+
+    space = default_label_space()
+    object_class = np.array([role == "object" for role in space.roles])
+    table, chair, wall = space.names.index("table"), space.names.index("chair"), space.names.index("wall")
+    top = np.stack(np.meshgrid(np.arange(10), np.arange(10), [0], indexing="ij"), -1).reshape(-1, 3)
+    box = np.stack(np.meshgrid(np.arange(3, 6), np.arange(3, 6), [1, 2], indexing="ij"), -1).reshape(-1, 3)
+    indices = np.concatenate([top, box])
+    is_box = np.arange(len(indices)) >= len(top)
+    slot = np.full(len(indices), 2)  # the field has only the table's slot here
+    mask_share = np.where(is_box, 0.0, 0.9)  # the table masked in 90 % of the views that see it
+    class_probs = np.full((len(indices), space.num_classes), 0.01)
+    class_probs[np.arange(len(indices)), np.where(is_box, chair, table)] = 0.8
+    labelled = np.ones(len(indices), bool)
+    group = _unmasked_by_class(slot, mask_share, 0.25, 4, class_probs, labelled, object_class)
+    assert (group[~is_box] == 2).all() and (group[is_box] == 4 + chair).all()
+    part = _connected_parts(indices, group)
+    assert len(np.unique(part[is_box])) == 1 and part[is_box][0] not in part[~is_box]
+    assert len(np.unique(_connected_parts(indices, slot))) == 1  # by slot alone the box is part of the table
+    assert (_unmasked_by_class(slot, mask_share, 0.0, 4, class_probs, labelled, object_class) == slot).all()
+    walls = class_probs.copy()
+    walls[:, wall] = 0.9
+    assert (_unmasked_by_class(slot, mask_share, 0.25, 4, walls, labelled, object_class) == slot).all()
+    assert (_unmasked_by_class(slot, mask_share, 0.25, 4, class_probs, ~labelled, object_class) == slot).all()
+    half_masked = np.where(is_box, 0.3, 0.9)  # masked in 30 % of its views: the masks decide
+    assert (_unmasked_by_class(slot, half_masked, 0.25, 4, class_probs, labelled, object_class) == slot).all()
 
 
 def test_a_point_outside_the_objects_takes_the_nearest_neighbouring_object():
@@ -218,6 +256,8 @@ def test_objects_are_extracted_with_classes_and_boxes(revisited):
             assert obj.class_name == mapper.label_space.names[obj.class_id]
         points = obj.voxel_indices * mapper.voxel_size_m
         assert np.linalg.norm(obj.centroid_m - points.mean(0)) < 1e-6
+    # extraction gave the field the map's whole surface, not only the voxels the views hit
+    assert (mapper.object_slots.field.rows_of(mapper.map.surface_voxel_indices()) >= 0).all()
     voxels = mapper.labelled_voxels()
     assert set(np.unique(voxels.object_ids)) - {0} <= set(second)  # the latest extraction
     assert np.mean(voxels.object_ids > 0) > 0.5

@@ -4,7 +4,8 @@ Every tenth frame (index 5, 15, ...) is held out of the map. The other frames ar
 `objects.view_interval_frames`-th of them, with its simulated SAM-like masks, becomes a view of the
 slot field. The full method and its ablations (no Hungarian matching, no L_TV) fit their own fields
 to the very same views in the same run; the extraction ablations (objects from the field's argmax
-without the views' mask votes, parts never joined) read the full method's field. At each
+without the views' mask votes, parts never joined, unmasked voxels not grouped by class) read the
+full method's field. At each
 held-out pose, the map's objects rendered there and the simulated masks of that (never fused) view
 are scored against the ground-truth segments with DiscoNeRF's IoU, BD and SBD. The ground truth is
 one segment per object instance and per floor, wall or ceiling plane, the same 3D surfaces in every
@@ -36,7 +37,8 @@ MIN_INSTANCE_VOXELS = 50
 """Ground-truth object instances with fewer seen surface voxels (0.08 m^2 at 4 cm) are not scored."""
 VARIANTS = {"full": {}, "no_matching": {"matching": "argmax"}, "no_tv": {"lambda_tv": 0.0}}
 """Ablations that fit their own field."""
-EXTRACTION_VARIANTS = {"no_votes": {"mask_votes": False}, "no_join": {"join_share": 0.0}}
+EXTRACTION_VARIANTS = {"no_votes": {"mask_votes": False}, "no_join": {"join_share": 0.0},
+                       "no_class_groups": {"unmasked_class_share": 0.0}}
 """Ablations of the extraction alone: objects read out of the full method's fitted field."""
 GROUND_TRUTHS = {"gt": False, "image_gt": True}
 """Scored ground truths: `ground_truth_segments(image_components=...)`; "gt" gives the figures."""
@@ -189,6 +191,7 @@ def objects_figures(seeds: list, num_frames: int, voxel_size_m: float, progress:
         figures.append(Figure(f"objects.{metric}", score("full", k), "fraction", seeds,
                               {"masks": score("masks", k), "no_matching": score("no_matching", k),
                                "no_tv": score("no_tv", k), "no_votes": score("no_votes", k), "no_join": score("no_join", k),
+                               "no_class_groups": score("no_class_groups", k),
                                "image_gt": score(_scores_key("full", "image_gt"), k),
                                "masks_image_gt": score(_scores_key("masks", "image_gt"), k), **(detail if k == 0 else {})}))
     for k, metric in enumerate(("iou", "bd", "sbd")):

@@ -305,11 +305,13 @@ class SlotField:
         self.slot_last_seen_ns[good] = np.maximum(self.slot_last_seen_ns[good], stamp_ns)
 
     @torch.no_grad()
-    def mask_votes(self) -> torch.Tensor:  # [V, N] float32
-        """Per voxel and slot, the views whose masks put the voxel in that slot: every kept view is
-        matched again (Eq. 4 affinity, Hungarian) to the fitted field, so all views vote in the same
-        slot numbering; a view's vote is the share of the voxel's pixels in each matched mask."""
+    def mask_votes(self) -> tuple[torch.Tensor, torch.Tensor]:  # [V, N], [V] float32
+        """(votes, views): per voxel and slot, the views whose masks put the voxel in that slot, and per
+        voxel, the kept views that see it. Every kept view is matched again (Eq. 4 affinity, Hungarian)
+        to the fitted field, so all views vote in the same slot numbering; a view's vote is the share of
+        the voxel's pixels in each matched mask."""
         votes = torch.zeros(self.num_voxels, self.num_slots, device=self.device)
+        views = torch.zeros(self.num_voxels, device=self.device)
         for view in self.views:
             probs = self.slot_probabilities(view.rows)  # [U, N]
             affinity = soft_iou_affinity(view.mask_counts, probs, view.pixel_counts).cpu().numpy()  # [K, N]
@@ -317,20 +319,20 @@ class SlotField:
             view_votes = torch.zeros(len(view.rows), self.num_slots, device=self.device)  # [U, N]
             view_votes.index_add_(1, slot_of_mask, view.mask_counts.T / view.pixel_counts[:, None])
             votes.index_add_(0, view.rows, view_votes)
-        return votes
+            views[view.rows] += 1
+        return votes, views
 
     @torch.no_grad()
-    def voxel_slots(self, rows: Optional[np.ndarray] = None, mask_votes: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(slot [V] int64, max slot probability [V] float32) of field rows (default: all). The slot is
-        the field's most likely one; with `mask_votes`, it is the slot most views' masks put the voxel in
-        (see `mask_votes`), with the field's probabilities counted as one more view (they settle ties and
-        voxels few masks cover)."""
+    def voxel_slots(self, rows: Optional[np.ndarray] = None, votes: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(slot [R] int64, max slot probability [R] float32) of field rows (default: all). The slot is
+        the field's most likely one; given the rows' `votes` [R, N] (from `mask_votes`), it is the slot
+        most views' masks put the voxel in, with the field's probabilities counted as one more view
+        (they settle ties and voxels few masks cover)."""
         rows_t = torch.arange(self.num_voxels, device=self.device) if rows is None else torch.from_numpy(np.asarray(rows, np.int64)).to(self.device)
         if len(rows_t) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         probs = torch.cat([self.slot_probabilities(chunk) for chunk in rows_t.split(65536)])  # [R, N]
         conf, slot = probs.max(dim=1)
-        if mask_votes:
-            votes = self.mask_votes()[rows_t]  # [R, N] views
-            slot = (votes + _FIELD_PRIOR_VIEWS * probs).argmax(dim=1)
+        if votes is not None:
+            slot = (votes.to(self.device) + _FIELD_PRIOR_VIEWS * probs).argmax(dim=1)
         return slot.cpu().numpy(), conf.cpu().numpy()

@@ -15,6 +15,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
+import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -85,6 +86,7 @@ class ObjectSlots:
             raise ValueError(f"objects.matching must be 'hungarian' or 'argmax', got {config.matching!r}")
         self.config = config
         self.label_space = label_space
+        self._object_class = np.array([role == "object" for role in label_space.roles])  # [C] bool
         self.device = device
         self._geometric = None  # built on first use
         self.reset()
@@ -184,10 +186,13 @@ class ObjectSlots:
 
     # ------------------------------------------------------------------ objects
     def extract(self, voxel_map: VoxelMap) -> list[MapObject]:
-        """Objects: connected parts of each slot's voxels (the field voxels still on the surface) with at
-        least `min_object_voxels` voxels. Ids follow the parts of the previous extraction they overlap."""
+        """Objects: connected parts of each slot's voxels (the field voxels still on the surface, the
+        map's surface voxels added to the field first) with at least `min_object_voxels` voxels. Ids
+        follow the parts of the previous extraction they overlap."""
         field = self.field
         vs = voxel_map.voxel_size_m
+        if field.views:  # the views hit only part of the surface the map fused: the field takes all of it
+            field.add_voxels(voxel_map.surface_voxel_indices())
         indices = unpack_indices(field.keys)  # [V, 3]
         values = voxel_map.voxel_values(indices, with_probs=True)
         # The TSDF is projective (distances along camera rays), so oblique surfaces read farther than a
@@ -198,8 +203,16 @@ class ObjectSlots:
         if len(rows) == 0:
             self.objects, self._object_keys, self._object_ids = [], np.zeros(0, np.int64), np.zeros(0, np.int64)
             return self.objects
-        slot, slot_conf = field.voxel_slots(rows, mask_votes=self.config.mask_votes)
-        part = _connected_parts(indices[rows], slot)  # [R] part index per voxel
+        votes, views = field.mask_votes()  # [V, N], [V]
+        rows_t = torch.from_numpy(rows).to(votes.device)
+        slot, slot_conf = field.voxel_slots(rows, votes=votes[rows_t] if self.config.mask_votes else None)
+        group = slot  # [R] what connected parts split by
+        if self.config.unmasked_class_share > 0:
+            mask_share = (votes[rows_t].sum(dim=1) / views[rows_t].clamp_min(1)).cpu().numpy()  # [R]
+            group = _unmasked_by_class(slot, mask_share, self.config.unmasked_class_share, field.num_slots,
+                                       values["class_probs"][rows], values["semantic_count"][rows] > 0,
+                                       self._object_class)
+        part = _connected_parts(indices[rows], group)  # [R] part index per voxel
         part = _absorb_small_parts(indices[rows], part, self.config.min_object_voxels)
         keep = part >= 0
         rows, slot, slot_conf, part = rows[keep], slot[keep], slot_conf[keep], part[keep]
@@ -327,6 +340,18 @@ def _connected_parts(indices: np.ndarray, slot: np.ndarray) -> np.ndarray:  # [N
     linked = slot[i] == slot[j]
     graph = coo_matrix((np.ones(linked.sum(), np.int8), (i[linked], j[linked])), shape=(len(indices), len(indices)))
     return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def _unmasked_by_class(slot: np.ndarray, mask_share: np.ndarray, max_share: float, num_slots: int,
+                       class_probs: np.ndarray, labelled: np.ndarray, object_class: np.ndarray) -> np.ndarray:  # [R]
+    """Slots [R] with the voxels that masks covered in under `max_share` of the views that see them
+    (`mask_share` [R], 0 where no view saw them) and that the semantic map labels (`labelled` [R],
+    `class_probs` [R, C]) with an object class (`object_class` [C] bool) moved to a group per class,
+    numbered from `num_slots`. An object that no view shows large enough for a mask, or that no view
+    saw, is then told from its surroundings by its class."""
+    class_id = class_probs.argmax(axis=1)  # [R]
+    regroup = (mask_share < max_share) & labelled & object_class[class_id]
+    return np.where(regroup, num_slots + class_id, slot)
 
 
 def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share: float) -> np.ndarray:
