@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import cv2
 import numpy as np
@@ -74,6 +74,14 @@ def surface_points(voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_ca
     depth = voxel_map.raycast(intrinsics, T_world_cam).depth_m  # [H, W] metres
     hit = depth > 0
     return hit, transform_points(T_world_cam, backproject_depth(depth, intrinsics.K)[hit])
+
+
+class FieldSurface(NamedTuple):
+    """The map as object extraction reads it (`ObjectSlots.read_map`)."""
+
+    rows: np.ndarray  # [R] int64 field rows of the voxels on the surface
+    values: dict  # `VoxelMap.voxel_values` of those voxels, [R, ...] each
+    voxel_size_m: float
 
 
 class ObjectSlots:
@@ -186,23 +194,32 @@ class ObjectSlots:
 
     # ------------------------------------------------------------------ objects
     def extract(self, voxel_map: VoxelMap) -> list[MapObject]:
-        """Objects: connected parts of each slot's voxels (the field voxels still on the surface, the
-        map's surface voxels added to the field first) with at least `min_object_voxels` voxels. Ids
-        follow the parts of the previous extraction they overlap."""
+        """Objects of the map now: `extract_from(read_map(voxel_map))`."""
+        return self.extract_from(self.read_map(voxel_map))
+
+    def read_map(self, voxel_map: VoxelMap) -> FieldSurface:
+        """What extraction needs from the map (the only part to run under its lock): the field first
+        takes the map's whole surface (the views hit only part of it), then the field voxels still on
+        the surface and their map values are read."""
         field = self.field
-        vs = voxel_map.voxel_size_m
-        if field.views:  # the views hit only part of the surface the map fused: the field takes all of it
+        if field.views:
             field.add_voxels(voxel_map.surface_voxel_indices())
-        indices = unpack_indices(field.keys)  # [V, 3]
-        values = voxel_map.voxel_values(indices, with_probs=True)
+        values = voxel_map.voxel_values(unpack_indices(field.keys), with_probs=True)
         # The TSDF is projective (distances along camera rays), so oblique surfaces read farther than a
         # voxel; a field voxel leaves the objects only once the map has it well inside free space or matter.
         near = np.abs(np.nan_to_num(values["sdf_m"], nan=np.inf)) < _SURFACE_TRUNCATION_SHARE * voxel_map.sdf_trunc_m
-        on_surface = near & (values["weight"] > 0)
-        rows = np.flatnonzero(on_surface)
+        rows = np.flatnonzero(near & (values["weight"] > 0))
+        return FieldSurface(rows, {k: v[rows] for k, v in values.items()}, voxel_map.voxel_size_m)
+
+    def extract_from(self, surface: FieldSurface) -> list[MapObject]:
+        """Objects: connected parts of each slot's voxels on the surface with at least `min_object_voxels`
+        voxels. Ids follow the parts of the previous extraction they overlap."""
+        field = self.field
+        rows, values = surface.rows, surface.values
         if len(rows) == 0:
             self.objects, self._object_keys, self._object_ids = [], np.zeros(0, np.int64), np.zeros(0, np.int64)
             return self.objects
+        indices = unpack_indices(field.keys[rows])  # [R, 3]
         votes, views = field.mask_votes()  # [V, N], [V]
         rows_t = torch.from_numpy(rows).to(votes.device)
         slot, slot_conf = field.voxel_slots(rows, votes=votes[rows_t] if self.config.mask_votes else None)
@@ -210,21 +227,19 @@ class ObjectSlots:
         if self.config.unmasked_class_share > 0:
             mask_share = (votes[rows_t].sum(dim=1) / views[rows_t].clamp_min(1)).cpu().numpy()  # [R]
             group = _unmasked_by_class(slot, mask_share, self.config.unmasked_class_share, field.num_slots,
-                                       values["class_probs"][rows], values["semantic_count"][rows] > 0,
-                                       self._object_class)
-        part = _connected_parts(indices[rows], group)  # [R] part index per voxel
-        part = _absorb_small_parts(indices[rows], part, self.config.min_object_voxels)
-        keep = part >= 0
-        rows, slot, slot_conf, part = rows[keep], slot[keep], slot_conf[keep], part[keep]
-        if self.config.join_share > 0 and len(rows):
-            part = _join_parts(part, rows, field, self.config.join_share)
-        keys = field.keys[rows]
-        ids = self._stable_ids(keys, part)  # [R] object id per voxel
+                                       values["class_probs"], values["semantic_count"] > 0, self._object_class)
+        part = _connected_parts(indices, group)  # [R] part index per voxel
+        part = _absorb_small_parts(indices, part, self.config.min_object_voxels)
+        keep = np.flatnonzero(part >= 0)  # [K] positions in rows
+        if self.config.join_share > 0 and len(keep):
+            part[keep] = _join_parts(part[keep], rows[keep], field, self.config.join_share)
+        keys = field.keys[rows[keep]]
+        ids = self._stable_ids(keys, part[keep])  # [K] object id per voxel
         objects = []
         for object_id in np.unique(ids):
-            sel = ids == object_id
-            objects.append(self._describe(int(object_id), indices[rows[sel]], int(np.bincount(slot[sel]).argmax()),
-                                          slot_conf[sel], {k: v[rows[sel]] for k, v in values.items()}, vs))
+            at = keep[ids == object_id]
+            objects.append(self._describe(int(object_id), indices[at], int(np.bincount(slot[at]).argmax()),
+                                          slot_conf[at], {k: v[at] for k, v in values.items()}, surface.voxel_size_m))
         order = np.argsort(keys)
         self._object_keys, self._object_ids = keys[order], ids[order]
         self.objects = objects

@@ -633,7 +633,8 @@ class MappingNode(Node):
 
     def _objects_cycle(self, max_steps: int, extracted_version):
         """One cycle: queued frames -> views (map lock), optimisation (no map lock, in chunks), extraction
-        (map lock) and publication when anything changed. Returns the map version extracted at."""
+        (the map read under its lock, the objects built without it) and publication when anything
+        changed. Returns the map version extracted at."""
         slots = self.mapper.object_slots
         t0 = time.perf_counter()
         views, lock_s = 0, 0.0  # lock_s: time this cycle held the map lock (integration waits that long at most)
@@ -655,13 +656,15 @@ class MappingNode(Node):
             version = self._map_version
         extracted = None
         if views or steps or version != extracted_version:
-            with self._objects_lock, self._mapper_lock:
-                t_lock = time.perf_counter()
-                with self._lock:
-                    version = self._map_version  # no integration runs while the mapper lock is held
-                    camera = self._camera_view
-                extracted = self.mapper.extract_objects()
-                lock_s += time.perf_counter() - t_lock
+            with self._objects_lock:
+                with self._mapper_lock:
+                    t_lock = time.perf_counter()
+                    with self._lock:
+                        version = self._map_version  # no integration runs while the mapper lock is held
+                        camera = self._camera_view
+                    surface = slots.read_map(self.mapper.map)
+                    lock_s += time.perf_counter() - t_lock
+                extracted = slots.extract_from(surface)
             with self._lock:
                 self._objects_version += 1
                 self._objects_stats["count"] = len(extracted)  # before publishing: diagnostics never lag ~/objects
