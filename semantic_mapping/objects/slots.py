@@ -222,10 +222,11 @@ class ObjectSlots:
         indices = unpack_indices(field.keys[rows])  # [R, 3]
         votes, views = field.mask_votes()  # [V, N], [V]
         rows_t = torch.from_numpy(rows).to(votes.device)
-        slot, slot_conf = field.voxel_slots(rows, votes=votes[rows_t] if self.config.mask_votes else None)
+        votes, views = votes[rows_t], views[rows_t]  # [R, N], [R]
+        slot, slot_conf = field.voxel_slots(rows, votes=votes if self.config.mask_votes else None)
         group = slot  # [R] what connected parts split by
         if self.config.unmasked_class_share > 0:
-            mask_share = (votes[rows_t].sum(dim=1) / views[rows_t].clamp_min(1)).cpu().numpy()  # [R]
+            mask_share = (votes.sum(dim=1) / views.clamp_min(1)).cpu().numpy()  # [R]
             group = _unmasked_by_class(slot, mask_share, self.config.unmasked_class_share, field.num_slots,
                                        values["class_probs"], values["semantic_count"] > 0, self._object_class)
         part = _connected_parts(indices, group)  # [R] part index per voxel
