@@ -189,9 +189,7 @@ def objects_figures(seeds: list, num_frames: int, voxel_size_m: float, progress:
     figures = []
     for k, metric in enumerate(("iou", "bd", "sbd")):
         figures.append(Figure(f"objects.{metric}", score("full", k), "fraction", seeds,
-                              {"masks": score("masks", k), "no_matching": score("no_matching", k),
-                               "no_tv": score("no_tv", k), "no_votes": score("no_votes", k), "no_join": score("no_join", k),
-                               "no_class_groups": score("no_class_groups", k),
+                              {**{name: score(name, k) for name in names if name != "full"},
                                "image_gt": score(_scores_key("full", "image_gt"), k),
                                "masks_image_gt": score(_scores_key("masks", "image_gt"), k), **(detail if k == 0 else {})}))
     for k, metric in enumerate(("iou", "bd", "sbd")):
