@@ -273,7 +273,8 @@ def cmd_train_voting(args) -> int:
     print(f"wrote {out}, loss curves {out.with_suffix('.png')}, history {out.with_suffix('.json')}")
     print(f"validation rays ({args.val_seeds}): cross-entropy {meta['val_uniform']['cross_entropy']:.3f} (uniform vote) -> "
           f"{meta['val_learned']['cross_entropy']:.3f} (learned), pixel accuracy "
-          f"{meta['val_uniform']['pixel_accuracy']:.3f} -> {meta['val_learned']['pixel_accuracy']:.3f}; "
+          f"{meta['val_uniform']['pixel_accuracy']:.3f} -> {meta['val_learned']['pixel_accuracy']:.3f}; geometry prior "
+          f"alone: cross-entropy {meta['val_prior']['cross_entropy']:.3f}, pixel accuracy {meta['val_prior']['pixel_accuracy']:.3f}; "
           f"{meta['prepare_s'] / 60:.1f} min data, {meta['train_s'] / 60:.1f} min training")
     return 0
 

@@ -101,7 +101,18 @@ class VotingConfig:
     weights log an error and the mapper falls back to 'bayesian'."""
     learned: bool = True
     """False: every view gets the same voting weight (the non-learned soft vote, for comparison;
-    no weights are read)."""
+    the weights are read only for the geometry prior)."""
+    geometry_prior: bool = True
+    """Multiply every observation of a voxel by the network's learned class prior given the voxel's
+    surface normal (`prior_weight`, `prior_floor`); False: Eq. 4 votes only."""
+    prior_weight: float = 0.2
+    """Exponent of the geometry prior per observation (a frame's pixels have 1). Chosen on development
+    seeds 33-36 (300 frames, shipped weights): 0.1 / 0.15 / 0.2 / 0.3 gave +3.4 / +3.8 / +4.3 / +4.4
+    points of 3D mIoU over Bayesian fusion, and under the benchmark's hard noise (seeds 33, 35)
+    +5.5 / +5.4 / +4.9 / +3.6; 0.2 does well on both."""
+    prior_floor: float = 0.1
+    """The prior's class probabilities are raised to at least this, then renormalised, so a surface
+    orientation shifts a class by at most prior_weight * log(1 / prior_floor) nats per observation."""
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     visibility: bool = True
     """Use a view for a voxel only if the fused TSDF shows no surface between them (GNeSF §4.2)."""

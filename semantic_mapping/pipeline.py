@@ -190,12 +190,14 @@ class Mapper:
         except CheckpointError as exc:
             log.error("semantics: %s; falling back to Bayesian fusion (semantics.method 'bayesian')", exc)
             return None
+        cfg = self.config.voting
+        prior = f"geometry prior weight {cfg.prior_weight}" if voting.semantic_prior else "no geometry prior"
         if not meta.get("learned", True):
-            log.info("semantics: soft voting with equal view weights (voting.learned false)")
+            log.info("semantics: soft voting with equal view weights (voting.learned false), no weights read, %s", prior)
             return voting
-        log.info("semantics: learned soft voting, weights %s (%s votes, trained on seeds %s, validation "
-                 "rendered accuracy %.3f vs %.3f uniform)", self.config.voting.weights or "shipped",
-                 meta.get("vote_space", "?"), meta.get("train_seeds", "?"),
+        log.info("semantics: soft voting with %s view weights, %s; weights %s (%s votes, trained on seeds %s, "
+                 "validation rendered accuracy %.3f vs %.3f uniform)", "learned" if cfg.learned else "equal", prior,
+                 cfg.weights or "shipped", meta.get("vote_space", "?"), meta.get("train_seeds", "?"),
                  meta.get("val_learned", {}).get("pixel_accuracy", float("nan")),
                  meta.get("val_uniform", {}).get("pixel_accuracy", float("nan")))
         return voting
@@ -250,7 +252,8 @@ class Mapper:
                 return self._reject(frame, FrameRejected("semantics_invalid", str(exc)))
         self.stats.pixels_cleaned.update(cleaned)
         with self.map_lock:
-            fused = self.map.integrate(clean.depth_m, clean.rgb, clean.intrinsics, clean.T_world_cam, semantics)
+            prior = None if self.voting is None else self.voting.semantic_prior
+            fused = self.map.integrate(clean.depth_m, clean.rgb, clean.intrinsics, clean.T_world_cam, semantics, prior)
             if self.voting is not None:
                 if semantics is not None:
                     self.voting.observe(self.map, clean)

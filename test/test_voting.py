@@ -1,5 +1,7 @@
 """Soft voting: feature sampling against the keyframe sampler, Eq. 4 in both vote spaces, gradients."""
 
+import math
+
 import numpy as np
 import torch
 
@@ -67,13 +69,27 @@ def test_votes_are_differentiable_end_to_end_and_ignore_invalid_views():
     assert torch.isinf(logits[~valid]).all() and torch.isfinite(logits[valid]).all()
     s = net.combine(probs, logits)
     s[:, 0].sum().backward()
-    grads = [p.grad for p in net.parameters()]
+    grads = [p.grad for name, p in net.named_parameters() if not name.startswith("prior_mlp")]  # the prior is apart
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(float(g.abs().sum()) > 0 for g in net.encoder.parameters() for g in [g.grad])
     # an invalid view's probabilities do not reach the result
     changed = probs.clone()
     changed[~valid] = 1.0 / C
     torch.testing.assert_close(net.combine(changed, logits.detach()), s.detach())
+
+
+def test_the_geometry_prior_is_a_floored_distribution_per_normal():
+    torch.manual_seed(0)
+    net = VotingNet(C)
+    normal = torch.nn.functional.normalize(torch.randn(64, 3), dim=1)
+    for floor in (0.01, 0.1, 1.0 / C):
+        log_prior = net.observation_log_prior(normal, floor)  # [64, C]
+        torch.testing.assert_close(log_prior.exp().sum(1), torch.ones(64))
+        # a class falls at most log(1 / floor) below the most likely one
+        assert float((log_prior.max(1).values - log_prior.min(1).values).max()) <= math.log(1 / floor) + 1e-5
+    torch.testing.assert_close(net.observation_log_prior(normal, 1.0), torch.full((64, C), -math.log(C)))  # no prior
+    net.observation_log_prior(normal, 0.1)[:, 0].sum().backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in net.prior_mlp.parameters())
 
 
 def test_checkpoint_round_trip_and_clear_errors(tmp_path):

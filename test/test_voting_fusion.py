@@ -76,6 +76,41 @@ def test_votes_are_fused_into_the_voxels_the_keyframes_see(world, weights):  # n
     assert len(mapper.voting.buffer) == 0 and mapper.voting.stats.voxels_voted == 0
 
 
+def test_the_geometry_prior_multiplies_every_observation(world, tmp_path):  # noqa: F811
+    """A prior that puts every surface orientation on FLOOR, weighted far above the (right) pixels,
+    labels the whole map FLOOR; without it, or at weight 0, the labels stay right."""
+    torch.manual_seed(0)
+    net = VotingNet(LS.num_classes)
+    with torch.no_grad():
+        last = net.prior_mlp[-1]
+        last.weight.zero_()
+        last.bias.fill_(-20.0)
+        last.bias[FLOOR] = 20.0
+    path = tmp_path / "floor_prior.pt"
+    save_checkpoint(path, net, {"train_seeds": [], "note": "hand-set prior, tests only"})
+    labels = {}
+    for name, options in {"strong": {"prior_weight": 5.0}, "off": {"geometry_prior": False},
+                          "zero": {"prior_weight": 0.0}}.items():
+        mapper = run(Mapper(config(path, **options)), world, 6)
+        voxels = mapper.labelled_voxels()
+        labels[name] = (voxels.labels, true_label(voxels.positions_m))
+        if name == "strong":
+            assert mapper.voting.stats.prior_voxels > 1000
+    for name, (label, truth) in labels.items():
+        not_floor = truth != FLOOR
+        assert not_floor.sum() > 200
+        if name == "strong":
+            assert np.mean(label[not_floor] == FLOOR) > 0.9  # a few voxels the (right) keyframe votes outweigh
+        else:
+            assert np.mean(label == truth) > 0.95 and np.mean(label[not_floor] == FLOOR) < 0.05
+
+
+def test_equal_weights_without_the_prior_read_no_weights(tmp_path):
+    mapper = Mapper(config(tmp_path / "missing.pt", learned=False, geometry_prior=False))
+    assert mapper.semantics_method == "voting" and mapper.voting.uniform and mapper.voting.semantic_prior is None
+    assert Mapper(config(tmp_path / "missing.pt", learned=False)).semantics_method == "bayesian"  # the prior needs them
+
+
 def test_a_budget_spreads_the_votes_over_frames_and_bounds_the_queue(world, weights):  # noqa: F811
     mapper = Mapper(config(weights, max_voxels_per_frame=100, max_pending_voxels=3000))
     voted = []

@@ -1,8 +1,8 @@
 """Soft-voting figures of `semantic-mapping bench`: learned voting against Bayesian fusion in the same run.
 
 Each benchmark scene is simulated once and every frame goes to all variants (the Bayesian
-baseline, learned voting, and the ablations of GNeSF Table 4: equal view weights, no visibility
-test, votes over logits), then each map is scored like `fusion.miou_3d`. The harder noise setting
+baseline, learned voting, our geometry prior left out, and the ablations of GNeSF Table 4: equal
+view weights, no visibility test, votes over logits), then each map is scored like `fusion.miou_3d`. The harder noise setting
 lowers the simulated segmenter's 2D mIoU (`HARD_NOISE`); no weights were trained on it.
 """
 
@@ -22,6 +22,7 @@ LOGITS_WEIGHTS = Path(__file__).resolve().parent.parent / "semantics" / "weights
 VARIANTS = {
     "bayesian": {"semantics": {"method": "bayesian"}},
     "voting": {"semantics": {"method": "voting"}},
+    "voting_no_prior": {"semantics": {"method": "voting"}, "voting": {"geometry_prior": False}},
     "voting_equal_weights": {"semantics": {"method": "voting"}, "voting": {"learned": False}},
     "voting_no_visibility": {"semantics": {"method": "voting"}, "voting": {"visibility": False}},
     "voting_logits": {"semantics": {"method": "voting"}, "voting": {"weights": str(LOGITS_WEIGHTS)}},
@@ -74,7 +75,8 @@ def voting_scene(seed: int, num_frames: int, variants, voxel_size_m: float, hard
             stats = mapper.voting.stats
             out[name].update(keyframes=stats.keyframes, voxels_voted=stats.voxels_voted,
                              vote_seconds=stats.vote_seconds, voxels_per_s=stats.voxels_per_s,
-                             voxels_per_keyframe=stats.voxels_voted / max(stats.keyframes, 1))
+                             voxels_per_keyframe=stats.voxels_voted / max(stats.keyframes, 1),
+                             prior_ms_per_frame=1000 * stats.prior_seconds / len(recording))
     return out
 
 
@@ -110,7 +112,8 @@ def voting_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: 
         Figure("voting.voxels_per_s", voted / seconds if seconds else 0.0, "voxels/s", seeds,
                {"voxels_voted": voted, "vote_seconds": seconds, "device": "cpu",
                 "keyframes": sum(s["voting"]["keyframes"] for s in normal.values()),
-                "voxels_per_keyframe": float(np.mean([s["voting"]["voxels_per_keyframe"] for s in normal.values()]))}),
+                "voxels_per_keyframe": float(np.mean([s["voting"]["voxels_per_keyframe"] for s in normal.values()])),
+                "prior_ms_per_frame": float(np.mean([s["voting"]["prior_ms_per_frame"] for s in normal.values()]))}),
     ]
 
 

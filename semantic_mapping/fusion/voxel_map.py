@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import open3d as o3d
@@ -196,8 +196,13 @@ class VoxelMap:
         intrinsics: CameraIntrinsics,
         T_world_cam: np.ndarray,  # [4, 4]
         semantics: Optional[PixelSemantics] = None,
+        semantic_prior: Optional[Callable[["VoxelMap", np.ndarray], np.ndarray]] = None,
     ) -> IntegrationStats:
-        """Fuse one frame's depth and colour (Open3D) and its semantics (Bayesian update)."""
+        """Fuse one frame's depth and colour (Open3D) and its semantics (Bayesian update).
+
+        `semantic_prior(map, voxel_indices [U, 3]) -> [U, C]` log-probabilities, when given, multiply
+        the distribution of every voxel the semantics update, with each observation (after the
+        depth is fused, so it can read the geometry there)."""
         cfg = self.config
         # Millimetre uint16 depth lets Open3D take the uint8 colour as it is (no float colour image).
         depth_mm = np.minimum(depth_m * 1000.0 + 0.5, 65535.0).astype(np.uint16)
@@ -219,7 +224,7 @@ class VoxelMap:
         chunks = self._record_changed_blocks(block_coords)
         updated = 0
         if semantics is not None:
-            updated = self._integrate_semantics(depth_m, intrinsics, T_world_cam, semantics)
+            updated = self._integrate_semantics(depth_m, intrinsics, T_world_cam, semantics, semantic_prior)
         return IntegrationStats(blocks_touched=int(block_coords.shape[0]), voxels_semantic_updated=updated,
                                 chunks_touched=chunks)
 
@@ -229,6 +234,7 @@ class VoxelMap:
         intrinsics: CameraIntrinsics,
         T_world_cam: np.ndarray,  # [4, 4]
         semantics: PixelSemantics,
+        semantic_prior: Optional[Callable[["VoxelMap", np.ndarray], np.ndarray]] = None,
     ) -> int:
         """Bayesian update of the voxels that contain the observed surface (pixel-driven).
 
@@ -242,12 +248,14 @@ class VoxelMap:
         points_cam = self._pixel_rays(intrinsics, pixel, depth_m.shape[1])[valid] * d[valid, None]
         R_wc = T_world_cam[:3, :3].astype(np.float32)
         points_world = points_cam @ R_wc.T + T_world_cam[:3, 3].astype(np.float32)
-        flat, found = self.lookup(self.voxel_indices(points_world))
+        voxel_indices = self.voxel_indices(points_world)  # [P', 3]
+        flat, found = self.lookup(voxel_indices)
         if not found.any():
             return 0
         rows = np.flatnonzero(valid)[found]
-        voxels, summed = aggregate_by_voxel(flat[found], semantics.probs[rows])
-        self._multiply_distributions(voxels, summed, 1.0)
+        voxels, summed, first = aggregate_by_voxel(flat[found], semantics.probs[rows])
+        log_prior = None if semantic_prior is None else semantic_prior(self, voxel_indices[found][first])
+        self._multiply_distributions(voxels, summed, 1.0, log_prior)
         return int(len(voxels))
 
     def fuse_distributions(
@@ -264,12 +272,14 @@ class VoxelMap:
             self._mark_blocks(np.unique(np.floor_divide(np.asarray(voxel_indices)[found], self.block_resolution), axis=0))
         return int(found.sum())
 
-    def _multiply_distributions(self, voxels: np.ndarray, probs: np.ndarray, weight: float) -> None:
+    def _multiply_distributions(self, voxels: np.ndarray, probs: np.ndarray, weight: float,
+                                log_prior: Optional[np.ndarray] = None) -> None:
         """One observation [U, C] of weight `weight` for each distinct flat voxel [U] (`bayesian_update`)."""
         cfg = self.semantics_config
         sem = self._flat("semantic")
         index = torch.from_numpy(voxels).to(sem.device)
-        updated = bayesian_update(sem[index].cpu().numpy(), probs, cfg.probability_floor, cfg.min_log_prob, weight)
+        updated = bayesian_update(sem[index].cpu().numpy(), probs, cfg.probability_floor, cfg.min_log_prob, weight,
+                                  log_prior)
         sem[index] = torch.from_numpy(updated).to(sem.device)
         count = self._flat("semantic_count")
         count[index] = (count[index].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)

@@ -8,6 +8,8 @@ w the observation's TSDF-style weight.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -56,8 +58,8 @@ class PixelSemantics:
 def aggregate_by_voxel(
     flat: np.ndarray,  # [N] int64 voxel storage index of each sampled pixel
     probs: np.ndarray,  # [N, C] float32 class probabilities of each pixel
-) -> tuple[np.ndarray, np.ndarray]:  # voxels [U] int64, summed probabilities [U, C] float32
-    """Sum the pixels' class probabilities per voxel."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # voxels [U] int64, summed probabilities [U, C] float32, first [U]
+    """Sum the pixels' class probabilities per voxel; `first` is one of each voxel's pixels (a row of `flat`)."""
     order = np.argsort(flat)
     sorted_flat = flat[order]
     starts = np.empty(len(flat), bool)
@@ -66,7 +68,7 @@ def aggregate_by_voxel(
     run = np.cumsum(starts) - 1  # [N] voxel number of each sorted pixel
     summed = torch.zeros((int(run[-1]) + 1, probs.shape[1])).index_add_(
         0, torch.from_numpy(run), torch.from_numpy(probs[order]))
-    return sorted_flat[starts], summed.numpy()
+    return sorted_flat[starts], summed.numpy(), order[starts]
 
 
 def bayesian_update(
@@ -75,12 +77,15 @@ def bayesian_update(
     probability_floor: float,
     min_log_prob: float,
     weight: float = 1.0,
+    log_prior: Optional[np.ndarray] = None,  # [U, C] float32 added log-probabilities (e.g. a geometry prior)
 ) -> np.ndarray:  # [U, C] int16
     """Multiply each voxel's class distribution by one observation p^weight: p its pixels' mean
-    probabilities, each raised to at least `probability_floor` and renormalised."""
+    probabilities, each raised to at least `probability_floor` and renormalised (and by exp(log_prior))."""
     total = summed_probs.sum(axis=1, keepdims=True)
     p = np.maximum(summed_probs, np.float32(probability_floor) * total)
     log_p = stored.astype(np.float32) * np.float32(1.0 / LOG_PROB_SCALE) + np.float32(weight) * np.log(p / p.sum(axis=1, keepdims=True))
+    if log_prior is not None:
+        log_p += log_prior
     log_p -= log_p.max(axis=1, keepdims=True)
     np.maximum(log_p, np.float32(min_log_prob), out=log_p)
     return np.rint(log_p * np.float32(LOG_PROB_SCALE)).astype(np.int16)

@@ -7,6 +7,11 @@ and cues_i what the view makes of the point (distance, viewing angle, distance t
 border, the entropy and peak of S_i and its agreement with the other views). The point's
 semantics are s(x) = Σ_i softmax(v)_i S_i(x) (Eq. 4, over probabilities), or, for the ablation of
 GNeSF Table 4, the softmax of the weighted log-probabilities ("logits").
+
+Our addition to GNeSF: a geometry prior π(c | n(x)), the class distribution of a surface given its
+unit normal in the gravity-aligned world frame (floors face up, walls sideways), learned from the
+same 2D supervision. Eq. 4 can only reweigh views, so it cannot fix a voxel that most views
+mislabel (a floor strip that every view near the wall calls wall); the prior can.
 """
 
 from __future__ import annotations
@@ -109,6 +114,17 @@ class VotingNet(nn.Module):
         self.view_mlp = _mlp([3 * feature_dim, hidden_dim, hidden_dim])
         self.geometry_mlp = _mlp([GEOMETRY_DIM, hidden_dim, hidden_dim])
         self.vote_mlp = _mlp([2 * hidden_dim + 3 + CUE_DIM, hidden_dim, hidden_dim, 1])
+        self.prior_mlp = _mlp([3, hidden_dim, hidden_dim, num_classes])
+
+    def prior_logits(self, normal: torch.Tensor) -> torch.Tensor:  # [P, C]
+        """Unnormalised log π(c | n) of unit surface normals [P, 3] (world frame, towards free space)."""
+        return self.prior_mlp(normal)
+
+    def observation_log_prior(self, normal: torch.Tensor, floor: float) -> torch.Tensor:  # [P, C]
+        """log π(c | n) with π raised to at least `floor` and renormalised, as observations are
+        floored, so that no surface orientation can rule a class out."""
+        prior = torch.softmax(self.prior_logits(normal), dim=-1).clamp(min=floor)
+        return torch.log(prior / prior.sum(-1, keepdim=True))
 
     def vote_logits(
         self,
@@ -153,7 +169,8 @@ class VotingNet(nn.Module):
 
 # ----------------------------------------------------------------------------- checkpoints
 CHECKPOINT_FORMAT = "semantic_mapping.voting"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the network has the geometry prior (prior_mlp)."""
 
 
 class CheckpointError(ValueError):
@@ -184,7 +201,8 @@ def load_checkpoint(path, num_classes: int) -> tuple[VotingNet, dict]:
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a voting checkpoint")
     if data.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {data.get('version')}, expected {CHECKPOINT_VERSION}")
+        raise CheckpointError(f"{path} has checkpoint version {data.get('version')}, this network needs version "
+                              f"{CHECKPOINT_VERSION}: retrain it with `semantic-mapping train-voting`")
     if data["num_classes"] != num_classes:
         raise CheckpointError(f"{path} was trained for {data['num_classes']} classes, the label space has {num_classes}")
     net = VotingNet(num_classes, feature_dim=data["feature_dim"], vote_space=data["vote_space"])

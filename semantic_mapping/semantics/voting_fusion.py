@@ -6,7 +6,9 @@ give their sampled features and class probabilities, the network weighs them (GN
 and the vote s(x) multiplies the voxel's persistent class distribution like an observation of
 weight `vote_weight` (floored like every observation). Views that leave the keyframe buffer are
 thereby never forgotten: their votes stay in the distribution. The per-frame Bayesian update of
-the pixels goes on underneath, so voxels no keyframe has voted yet keep a distribution.
+the pixels goes on underneath, so voxels no keyframe has voted yet keep a distribution; with the
+geometry prior on, each of those observations also multiplies the voxel's distribution by the
+network's π(c | n(x))^prior_weight, n(x) the voxel's TSDF normal at that time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from semantic_mapping.fusion.voxel_map import VoxelMap, pack_indices
 from semantic_mapping.geometry import backproject_depth, transform_points
 from semantic_mapping.semantics.keyframes import KeyframeBuffer
 from semantic_mapping.semantics.voting import VotingNet, load_checkpoint
-from semantic_mapping.semantics.voting_data import point_views
+from semantic_mapping.semantics.voting_data import geometry_encoding, point_views
 from semantic_mapping.types import Frame
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class VotingStats:
     voxels_without_view: int = 0
     pending_dropped: int = 0
     vote_seconds: float = 0.0
+    prior_voxels: int = 0
+    prior_seconds: float = 0.0
 
     @property
     def voxels_per_s(self) -> float:
@@ -56,6 +60,9 @@ class SoftVoting:
             raise ConfigError("voting: batch_voxels and max_pending_voxels must be >= 1, max_voxels_per_frame >= 0")
         if not config.vote_weight > 0:
             raise ConfigError(f"voting.vote_weight must be > 0, got {config.vote_weight}")
+        if config.prior_weight < 0 or not 0 < config.prior_floor <= 1:
+            raise ConfigError(f"voting.prior_weight must be >= 0 and prior_floor in (0, 1], got "
+                              f"{config.prior_weight} and {config.prior_floor}")
         self.net = net.eval()
         self.config = config
         self.semantics = semantics
@@ -65,11 +72,27 @@ class SoftVoting:
     @classmethod
     def from_config(cls, config: VotingConfig, semantics: SemanticFusionConfig,
                     num_classes: int) -> tuple["SoftVoting", dict]:
-        """(voting, checkpoint meta) with the configured or shipped weights; raises CheckpointError."""
-        if not config.learned:
+        """(voting, checkpoint meta) with the configured or shipped weights; raises CheckpointError.
+        Equal view weights without the geometry prior read no weights."""
+        if not config.learned and not config.geometry_prior:
             return cls(VotingNet(num_classes), config, semantics, uniform=True), {"learned": False}
         net, meta = load_checkpoint(config.weights or SHIPPED_WEIGHTS, num_classes)
-        return cls(net, config, semantics), meta
+        return cls(net, config, semantics, uniform=not config.learned), meta
+
+    @property
+    def semantic_prior(self):
+        """`VoxelMap.integrate`'s semantic_prior: the geometry prior, or None when it is off."""
+        return self.observation_log_prior if self.config.geometry_prior and self.config.prior_weight > 0 else None
+
+    def observation_log_prior(self, vmap: VoxelMap, voxel_indices: np.ndarray) -> np.ndarray:  # [U, C] float32
+        """prior_weight x log π(c | n) at voxels [U, 3], n their TSDF normal now (`geometry_encoding`)."""
+        start = time.perf_counter()
+        normal = geometry_encoding(vmap, torch.from_numpy(voxel_indices * vmap.voxel_size_m))[:, -3:]  # [U, 3]
+        with torch.no_grad():
+            log_prior = self.config.prior_weight * self.net.observation_log_prior(normal, self.config.prior_floor)
+        self.stats.prior_voxels += len(voxel_indices)
+        self.stats.prior_seconds += time.perf_counter() - start
+        return log_prior.numpy()
 
     def reset(self) -> None:
         """Forget the keyframes, the queue and the counters (the map keeps its votes)."""

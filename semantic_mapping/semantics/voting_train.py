@@ -2,7 +2,8 @@
 
 Each step takes a batch of rays of held-out views of one scene, votes the semantics of the
 samples along each ray from the scene's keyframes, renders them with the SDF weights and
-minimises the cross-entropy against the rays' 2D labels.
+minimises the cross-entropy against the rays' 2D labels. The geometry prior π(c | n) is rendered
+the same way from the samples' TSDF normals and gets its own cross-entropy term.
 """
 
 from __future__ import annotations
@@ -28,14 +29,27 @@ from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
 _LOG_EPS = 1e-6
 
 
-def render_rays(net: VotingNet, scene: SceneData, rays: torch.Tensor, uniform: bool = False) -> torch.Tensor:
-    """Rendered class distributions [B, C] of the rays `rays` [B] (Eq. 5)."""
+def _render(scene: SceneData, rays: torch.Tensor, per_sample: torch.Tensor) -> torch.Tensor:  # [B, C]
+    """Eq. 5: the rays' [B] samples' class distributions [B * S, C] weighted by Eq. 8-9."""
+    return (scene.render_weight[rays].unsqueeze(-1) * per_sample.reshape(len(rays), scene.samples_per_ray, -1)).sum(1)
+
+
+def _sample_rows(scene: SceneData, rays: torch.Tensor) -> torch.Tensor:  # [B * S]
     S = scene.samples_per_ray
-    rows = (rays[:, None] * S + torch.arange(S)).reshape(-1)  # [B * S]
-    views = scene.views.select(rows)
+    return (rays[:, None] * S + torch.arange(S)).reshape(-1)
+
+
+def render_rays(net: VotingNet, scene: SceneData, rays: torch.Tensor, uniform: bool = False) -> torch.Tensor:
+    """Rendered voted class distributions [B, C] of the rays `rays` [B] (Eq. 5)."""
+    views = scene.views.select(_sample_rows(scene, rays))
     features = None if uniform else sample_maps(net.encoder(scene.keyframe_rgb), views.view_index, views.pixel_uv)  # [B * S, N, d]
-    s = net.vote(views, features, scene.image_wh, uniform)  # [B * S, C]
-    return (scene.render_weight[rays].unsqueeze(-1) * s.reshape(len(rays), S, -1)).sum(1)
+    return _render(scene, rays, net.vote(views, features, scene.image_wh, uniform))
+
+
+def render_prior(net: VotingNet, scene: SceneData, rays: torch.Tensor) -> torch.Tensor:
+    """Rendered geometry prior π(c | n) [B, C] of the rays `rays` [B]."""
+    normal = scene.views.geometry[_sample_rows(scene, rays), -3:]  # [B * S, 3]
+    return _render(scene, rays, torch.softmax(net.prior_logits(normal), dim=-1))
 
 
 @dataclass
@@ -54,23 +68,30 @@ class History:
     train_loss: list = field(default_factory=list)
     val_loss: list = field(default_factory=list)
     val_accuracy: list = field(default_factory=list)
+    val_prior_loss: list = field(default_factory=list)
+    val_prior_accuracy: list = field(default_factory=list)
 
 
-def evaluate(net: VotingNet, scenes: list, uniform: bool = False) -> tuple[float, float]:
-    """(cross-entropy, pixel accuracy) of the rendered rays of `scenes`."""
+def evaluate(net: VotingNet, scenes: list, uniform: bool = False, prior: bool = False) -> tuple[float, float]:
+    """(cross-entropy, pixel accuracy) of the rendered votes (or, with `prior`, geometry prior) of `scenes`' rays."""
     total, correct, count = 0.0, 0, 0
     with torch.no_grad():
         for scene in scenes:
             rays = torch.arange(len(scene.label))
-            rendered = render_rays(net, scene, rays, uniform)
+            rendered = render_prior(net, scene, rays) if prior else render_rays(net, scene, rays, uniform)
             total += float(F.nll_loss(torch.log(rendered + _LOG_EPS), scene.label, reduction="sum"))
             correct += int((rendered.argmax(1) == scene.label).sum())
             count += len(rays)
     return total / max(count, 1), correct / max(count, 1)
 
 
+def _loss(rendered: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.nll_loss(torch.log(rendered + _LOG_EPS), labels)
+
+
 def train(net: VotingNet, scenes: list, val_scenes: list, config: TrainConfig, progress=None) -> History:
-    """Adam on the rendered cross-entropy (Eq. 6); returns the loss curves."""
+    """Adam on the rendered cross-entropy (Eq. 6) of the votes plus that of the geometry prior;
+    returns the loss curves."""
     generator = torch.Generator().manual_seed(config.seed)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
@@ -80,8 +101,8 @@ def train(net: VotingNet, scenes: list, val_scenes: list, config: TrainConfig, p
         scene = scenes[int(torch.randint(len(scenes), (1,), generator=generator))]
         rays = torch.randint(len(scene.label), (min(config.rays_per_step, len(scene.label)),), generator=generator)
         net.train()
-        rendered = render_rays(net, scene, rays)
-        loss = F.nll_loss(torch.log(rendered + _LOG_EPS), scene.label[rays])
+        loss = _loss(render_rays(net, scene, rays), scene.label[rays])
+        loss = loss + _loss(render_prior(net, scene, rays), scene.label[rays])
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -92,10 +113,13 @@ def train(net: VotingNet, scenes: list, val_scenes: list, config: TrainConfig, p
         if step % config.eval_every == 0 or step == config.steps:
             net.eval()
             val_loss, val_accuracy = evaluate(net, val_scenes)
+            val_prior_loss, val_prior_accuracy = evaluate(net, val_scenes, prior=True)
             history.step.append(step)
             history.train_loss.append(sum(running) / len(running))
             history.val_loss.append(val_loss)
             history.val_accuracy.append(val_accuracy)
+            history.val_prior_loss.append(val_prior_loss)
+            history.val_prior_accuracy.append(val_prior_accuracy)
             running = []
     return history
 
@@ -110,14 +134,17 @@ def plot_history(history: History, path, title: str = "soft voting training") ->
     from semantic_mapping.io.pictures import write_figure_png
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(history.step, history.train_loss, label="train (mean since last point)")
-    ax_loss.plot(history.step, history.val_loss, label="validation")
+    ax_loss.plot(history.step, history.train_loss, label="train, votes + prior (mean since last point)")
+    ax_loss.plot(history.step, history.val_loss, label="validation, votes")
+    ax_loss.plot(history.step, history.val_prior_loss, label="validation, geometry prior")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("rendered cross-entropy (Eq. 6)")
     ax_loss.legend()
-    ax_acc.plot(history.step, history.val_accuracy, color="tab:green")
+    ax_acc.plot(history.step, history.val_accuracy, label="votes")
+    ax_acc.plot(history.step, history.val_prior_accuracy, label="geometry prior")
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("validation pixel accuracy")
+    ax_acc.legend()
     fig.suptitle(title)
     write_figure_png(fig, path)
 
@@ -161,6 +188,7 @@ def run_training(out_path, train_seeds: list, val_seeds: list, data: TrainingDat
         "segmenter": "simulated, default SegmenterSimConfig",
         "val_uniform": {"cross_entropy": uniform_ce, "pixel_accuracy": uniform_acc},
         "val_learned": {"cross_entropy": history.val_loss[-1], "pixel_accuracy": history.val_accuracy[-1]},
+        "val_prior": {"cross_entropy": history.val_prior_loss[-1], "pixel_accuracy": history.val_prior_accuracy[-1]},
         "prepare_s": prepare_s, "train_s": time.perf_counter() - start - prepare_s,
         "torch": str(torch.__version__), "threads": torch.get_num_threads(),
     }
