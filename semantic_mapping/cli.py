@@ -453,9 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-voting", help="train the soft-voting network on simulated development scenes "
                        "(2D supervision only); writes the checkpoint, its loss plot and history")
     p.add_argument("--out", default="voting.pt", help="checkpoint path (.png and .json are written beside it)")
-    p.add_argument("--seeds", default="20-31", help="training scene seeds, e.g. '20-31,40' (development seeds only)")
+    p.add_argument("--seeds", default="20-31,40-51", help="training scene seeds, e.g. '20-31,40' (development seeds only)")
     p.add_argument("--val-seeds", default="32", help="validation scene seeds")
-    p.add_argument("--frames", type=int, default=150, help="frames simulated per scene")
+    p.add_argument("--frames", type=int, default=300, help="frames simulated per scene")
     p.add_argument("--steps", type=int, default=600, help="optimiser steps (1024 rays each)")
     p.add_argument("--vote-space", choices=("probabilities", "logits"), default="probabilities",
                    help="Eq. 4 over probabilities (GNeSF) or over logits (the ablation)")

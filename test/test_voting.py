@@ -82,13 +82,14 @@ def test_the_geometry_prior_is_a_floored_distribution_per_normal():
     torch.manual_seed(0)
     net = VotingNet(C)
     normal = torch.nn.functional.normalize(torch.randn(64, 3), dim=1)
+    height_m = torch.rand(64) * 3.0
     for floor in (0.01, 0.1, 1.0 / C):
-        log_prior = net.observation_log_prior(normal, floor)  # [64, C]
+        log_prior = net.observation_log_prior(normal, height_m, floor)  # [64, C]
         torch.testing.assert_close(log_prior.exp().sum(1), torch.ones(64))
         # a class falls at most log(1 / floor) below the most likely one
         assert float((log_prior.max(1).values - log_prior.min(1).values).max()) <= math.log(1 / floor) + 1e-5
-    torch.testing.assert_close(net.observation_log_prior(normal, 1.0), torch.full((64, C), -math.log(C)))  # no prior
-    net.observation_log_prior(normal, 0.1)[:, 0].sum().backward()
+    torch.testing.assert_close(net.observation_log_prior(normal, height_m, 1.0), torch.full((64, C), -math.log(C)))  # no prior
+    net.observation_log_prior(normal, height_m, 0.1)[:, 0].sum().backward()
     assert all(float(p.grad.abs().sum()) > 0 for p in net.prior_mlp.parameters())
 
 

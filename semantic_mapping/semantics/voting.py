@@ -8,10 +8,11 @@ border, the entropy and peak of S_i and its agreement with the other views). The
 semantics are s(x) = Σ_i softmax(v)_i S_i(x) (Eq. 4, over probabilities), or, for the ablation of
 GNeSF Table 4, the softmax of the weighted log-probabilities ("logits").
 
-Our addition to GNeSF: a geometry prior π(c | n(x)), the class distribution of a surface given its
-unit normal in the gravity-aligned world frame (floors face up, walls sideways), learned from the
-same 2D supervision. Eq. 4 can only reweigh views, so it cannot fix a voxel that most views
-mislabel (a floor strip that every view near the wall calls wall); the prior can.
+Our addition to GNeSF: a geometry prior π(c | n(x), h(x)), the class distribution of a surface
+given its unit normal in the gravity-aligned world frame and its height above the floor (floors
+face up at 0 m, table tops up at desk height, ceilings down overhead), learned from the same 2D
+supervision. Eq. 4 can only reweigh views, so it cannot fix a voxel that most views mislabel (a
+floor strip that every view near the wall calls wall); the prior can.
 """
 
 from __future__ import annotations
@@ -114,16 +115,17 @@ class VotingNet(nn.Module):
         self.view_mlp = _mlp([3 * feature_dim, hidden_dim, hidden_dim])
         self.geometry_mlp = _mlp([GEOMETRY_DIM, hidden_dim, hidden_dim])
         self.vote_mlp = _mlp([2 * hidden_dim + 3 + CUE_DIM, hidden_dim, hidden_dim, 1])
-        self.prior_mlp = _mlp([3, hidden_dim, hidden_dim, num_classes])
+        self.prior_mlp = _mlp([4, hidden_dim, hidden_dim, num_classes])
 
-    def prior_logits(self, normal: torch.Tensor) -> torch.Tensor:  # [P, C]
-        """Unnormalised log π(c | n) of unit surface normals [P, 3] (world frame, towards free space)."""
-        return self.prior_mlp(normal)
+    def prior_logits(self, normal: torch.Tensor, height_m: torch.Tensor) -> torch.Tensor:  # [P, C]
+        """Unnormalised log π(c | n, h) of unit surface normals [P, 3] (world frame, z up, towards free
+        space) at heights above the floor [P] (metres)."""
+        return self.prior_mlp(torch.cat([normal, height_m.unsqueeze(-1)], dim=-1))
 
-    def observation_log_prior(self, normal: torch.Tensor, floor: float) -> torch.Tensor:  # [P, C]
-        """log π(c | n) with π raised to at least `floor` and renormalised, as observations are
-        floored, so that no surface orientation can rule a class out."""
-        prior = torch.softmax(self.prior_logits(normal), dim=-1).clamp(min=floor)
+    def observation_log_prior(self, normal: torch.Tensor, height_m: torch.Tensor, floor: float) -> torch.Tensor:  # [P, C]
+        """log π(c | n, h) with π raised to at least `floor` and renormalised, as observations are
+        floored, so that no surface can rule a class out."""
+        prior = torch.softmax(self.prior_logits(normal, height_m), dim=-1).clamp(min=floor)
         return torch.log(prior / prior.sum(-1, keepdim=True))
 
     def vote_logits(
@@ -170,7 +172,7 @@ class VotingNet(nn.Module):
 # ----------------------------------------------------------------------------- checkpoints
 CHECKPOINT_FORMAT = "semantic_mapping.voting"
 CHECKPOINT_VERSION = 2
-"""2: the network has the geometry prior (prior_mlp)."""
+"""2: the network has the geometry prior (prior_mlp over normal and height)."""
 
 
 class CheckpointError(ValueError):

@@ -84,6 +84,7 @@ class SceneData:
     image_wh: tuple  # (w, h) of the stored keyframes
     views: PointViews  # for R * S points, ray-major
     render_weight: torch.Tensor  # [R, S] float32 Eq. 8-9 weights, rows sum to 1
+    height_m: torch.Tensor  # [R * S] float32 height of each sample above the floor (world z; the simulator's floor is at 0)
     label: torch.Tensor  # [R] int64 ground-truth class of each ray's pixel
     samples_per_ray: int
 
@@ -155,11 +156,12 @@ def prepare_scene(seed: int, mapper_config: MapperConfig, keyframes: KeyframeCon
     weight = weight.reshape(-1, S)
     keep = weight.sum(1) > 0  # rays with something to render
     weight = weight[keep] / weight[keep].sum(1, keepdim=True)  # Eq. 9
-    views = views.select(keep.repeat_interleave(S))
+    keep_samples = keep.repeat_interleave(S)
+    views = views.select(keep_samples)
     kf = buffer.keyframes
     return SceneData(
         keyframe_rgb=torch.stack([k.rgb_small for k in kf]),
         image_wh=(kf[0].intrinsics.width_px, kf[0].intrinsics.height_px),
-        views=views, render_weight=weight.float(), label=torch.from_numpy(labels[keep.numpy()]).long(),
+        views=views, render_weight=weight.float(), height_m=points_t[keep_samples, 2], label=torch.from_numpy(labels[keep.numpy()]).long(),
         samples_per_ray=S,
     )

@@ -8,7 +8,8 @@ weight `vote_weight` (floored like every observation). Views that leave the keyf
 thereby never forgotten: their votes stay in the distribution. The per-frame Bayesian update of
 the pixels goes on underneath, so voxels no keyframe has voted yet keep a distribution; with the
 geometry prior on, each of those observations also multiplies the voxel's distribution by the
-network's π(c | n(x))^prior_weight, n(x) the voxel's TSDF normal at that time.
+network's π(c | n(x), h(x))^prior_weight, n(x) the voxel's TSDF normal at that time and h(x)
+its height above the floor.
 """
 
 from __future__ import annotations
@@ -85,11 +86,14 @@ class SoftVoting:
         return self.observation_log_prior if self.config.geometry_prior and self.config.prior_weight > 0 else None
 
     def observation_log_prior(self, vmap: VoxelMap, voxel_indices: np.ndarray) -> np.ndarray:  # [U, C] float32
-        """prior_weight x log π(c | n) at voxels [U, 3], n their TSDF normal now (`geometry_encoding`)."""
+        """prior_weight x log π(c | n, h) at voxels [U, 3]: n their TSDF normal now (`geometry_encoding`),
+        h their height above `floor_z_m`."""
         start = time.perf_counter()
-        normal = geometry_encoding(vmap, torch.from_numpy(voxel_indices * vmap.voxel_size_m))[:, -3:]  # [U, 3]
+        centres_m = torch.from_numpy(voxel_indices * vmap.voxel_size_m)  # [U, 3] float64
+        normal = geometry_encoding(vmap, centres_m)[:, -3:]  # [U, 3]
+        height_m = (centres_m[:, 2] - self.config.floor_z_m).float()  # [U]
         with torch.no_grad():
-            log_prior = self.config.prior_weight * self.net.observation_log_prior(normal, self.config.prior_floor)
+            log_prior = self.config.prior_weight * self.net.observation_log_prior(normal, height_m, self.config.prior_floor)
         self.stats.prior_voxels += len(voxel_indices)
         self.stats.prior_seconds += time.perf_counter() - start
         return log_prior.numpy()

@@ -2,8 +2,8 @@
 
 Each step takes a batch of rays of held-out views of one scene, votes the semantics of the
 samples along each ray from the scene's keyframes, renders them with the SDF weights and
-minimises the cross-entropy against the rays' 2D labels. The geometry prior π(c | n) is rendered
-the same way from the samples' TSDF normals and gets its own cross-entropy term.
+minimises the cross-entropy against the rays' 2D labels. The geometry prior π(c | n, h) is rendered
+the same way from the samples' TSDF normals and heights and gets its own cross-entropy term.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def render_rays(net: VotingNet, scene: SceneData, rays: torch.Tensor, uniform: b
 
 
 def render_prior(net: VotingNet, scene: SceneData, rays: torch.Tensor) -> torch.Tensor:
-    """Rendered geometry prior π(c | n) [B, C] of the rays `rays` [B]."""
-    normal = scene.views.geometry[_sample_rows(scene, rays), -3:]  # [B * S, 3]
-    return _render(scene, rays, torch.softmax(net.prior_logits(normal), dim=-1))
+    """Rendered geometry prior π(c | n, h) [B, C] of the rays `rays` [B]."""
+    rows = _sample_rows(scene, rays)
+    normal = scene.views.geometry[rows, -3:]  # [B * S, 3]
+    return _render(scene, rays, torch.softmax(net.prior_logits(normal, scene.height_m[rows]), dim=-1))
 
 
 @dataclass
