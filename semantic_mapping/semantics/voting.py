@@ -10,7 +10,7 @@ GNeSF Table 4, the softmax of the weighted log-probabilities ("logits").
 
 Our addition to GNeSF: a geometry prior π(c | n(x), h(x)), the class distribution of a surface
 given its unit normal in the gravity-aligned world frame and its height above the floor (floors
-face up at 0 m, table tops up at desk height, ceilings down overhead), learned from the same 2D
+face up at 0 m, table tops up at desk height, walls sideways), learned from the same 2D
 supervision. Eq. 4 can only reweigh views, so it cannot fix a voxel that most views mislabel (a
 floor strip that every view near the wall calls wall); the prior can.
 """
