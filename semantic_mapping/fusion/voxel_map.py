@@ -37,6 +37,9 @@ from semantic_mapping.types import CameraIntrinsics, RenderedView
 
 log = logging.getLogger(__name__)
 
+SemanticPrior = Callable[["VoxelMap", np.ndarray], np.ndarray]
+"""(map, voxel indices [U, 3]) -> [U, C] log-probabilities multiplied in with each observation."""
+
 MAP_FORMAT = "semantic_mapping.voxel_map"
 MAP_FORMAT_VERSION = 1
 
@@ -196,7 +199,7 @@ class VoxelMap:
         intrinsics: CameraIntrinsics,
         T_world_cam: np.ndarray,  # [4, 4]
         semantics: Optional[PixelSemantics] = None,
-        semantic_prior: Optional[Callable[["VoxelMap", np.ndarray], np.ndarray]] = None,
+        semantic_prior: Optional[SemanticPrior] = None,
     ) -> IntegrationStats:
         """Fuse one frame's depth and colour (Open3D) and its semantics (Bayesian update).
 
@@ -234,7 +237,7 @@ class VoxelMap:
         intrinsics: CameraIntrinsics,
         T_world_cam: np.ndarray,  # [4, 4]
         semantics: PixelSemantics,
-        semantic_prior: Optional[Callable[["VoxelMap", np.ndarray], np.ndarray]] = None,
+        semantic_prior: Optional[SemanticPrior] = None,
     ) -> int:
         """Bayesian update of the voxels that contain the observed surface (pixel-driven).
 
