@@ -453,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-voting", help="train the soft-voting network on simulated development scenes "
                        "(2D supervision only); writes the checkpoint, its loss plot and history")
     p.add_argument("--out", default="voting.pt", help="checkpoint path (.png and .json are written beside it)")
-    p.add_argument("--seeds", default="20-31,40-51", help="training scene seeds, e.g. '20-31,40' (development seeds only)")
+    p.add_argument("--seeds", default="20-31,40-51,53,57,69,75,76,79,80,83",
+                   help="training scene seeds, e.g. '20-31,40' (development seeds only; the default adds scenes that show ceilings)")
     p.add_argument("--val-seeds", default="32", help="validation scene seeds")
     p.add_argument("--frames", type=int, default=300, help="frames simulated per scene")
     p.add_argument("--steps", type=int, default=600, help="optimiser steps (1024 rays each)")

@@ -7,6 +7,7 @@ import torch
 
 from semantic_mapping.semantics.keyframes import KeyframeBuffer, sample_views
 from semantic_mapping.semantics.voting import CUE_DIM, GEOMETRY_DIM, VotingNet, sample_maps, view_cues
+from semantic_mapping.semantics.voting_data import facing_camera
 from test_keyframes import C, motion_only, pose, wall_frame
 
 
@@ -120,3 +121,15 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(CheckpointError, match="not a voting checkpoint"):
         load_checkpoint(other, C)
+
+
+def test_prior_normals_face_the_camera():
+    """The prior reads the observed side: a floor seen from above faces up and a ceiling seen from
+    below faces down, whichever way the TSDF gradient pointed."""
+    camera_m = torch.tensor([0.0, 0.0, 1.5])
+    points_m = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 2.5], [0.0, 1.0, 2.5], [0.0, 2.0, 1.0], [0.0, 2.0, 1.0]])
+    up, side = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 0.0])
+    normal = torch.stack([up, -up, up, -up, side, -side])  # floor, ceiling, wall; each both ways
+    expected = torch.stack([up, up, -up, -up, -side, -side])
+    torch.testing.assert_close(facing_camera(normal, points_m, camera_m), expected)
+    torch.testing.assert_close(facing_camera(normal, points_m, camera_m.expand(6, 3)), expected)  # per-point cameras

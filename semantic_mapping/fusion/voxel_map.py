@@ -37,8 +37,9 @@ from semantic_mapping.types import CameraIntrinsics, RenderedView
 
 log = logging.getLogger(__name__)
 
-SemanticPrior = Callable[["VoxelMap", np.ndarray], np.ndarray]
-"""(map, voxel indices [U, 3]) -> [U, C] log-probabilities multiplied in with each observation."""
+SemanticPrior = Callable[["VoxelMap", np.ndarray, np.ndarray], np.ndarray]
+"""(map, voxel indices [U, 3], observing camera centre [3] in the world frame, metres) -> [U, C]
+log-probabilities multiplied in with each observation."""
 
 MAP_FORMAT = "semantic_mapping.voxel_map"
 MAP_FORMAT_VERSION = 1
@@ -203,8 +204,8 @@ class VoxelMap:
     ) -> IntegrationStats:
         """Fuse one frame's depth and colour (Open3D) and its semantics (Bayesian update).
 
-        `semantic_prior(map, voxel_indices [U, 3]) -> [U, C]` log-probabilities, when given, multiply
-        the distribution of every voxel the semantics update, with each observation (after the
+        `semantic_prior(map, voxel_indices [U, 3], camera centre [3]) -> [U, C]` log-probabilities, when
+        given, multiply the distribution of every voxel the semantics update, with each observation (after the
         depth is fused, so it can read the geometry there)."""
         cfg = self.config
         # Millimetre uint16 depth lets Open3D take the uint8 colour as it is (no float colour image).
@@ -257,7 +258,7 @@ class VoxelMap:
             return 0
         rows = np.flatnonzero(valid)[found]
         voxels, summed, first = aggregate_by_voxel(flat[found], semantics.probs[rows])
-        log_prior = None if semantic_prior is None else semantic_prior(self, voxel_indices[found][first])
+        log_prior = None if semantic_prior is None else semantic_prior(self, voxel_indices[found][first], T_world_cam[:3, 3])
         self._multiply_distributions(voxels, summed, 1.0, log_prior)
         return int(len(voxels))
 

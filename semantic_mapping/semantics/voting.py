@@ -9,9 +9,9 @@ semantics are s(x) = Σ_i softmax(v)_i S_i(x) (Eq. 4, over probabilities), or, f
 GNeSF Table 4, the softmax of the weighted log-probabilities ("logits").
 
 Our addition to GNeSF: a geometry prior π(c | n(x), h(x)), the class distribution of a surface
-given its unit normal in the gravity-aligned world frame and its height above the floor (floors
-face up at 0 m, table tops up at desk height, walls sideways), learned from the same 2D
-supervision. Eq. 4 can only reweigh views, so it cannot fix a voxel that most views mislabel (a
+given its unit normal (turned towards the observing camera) in the gravity-aligned world frame and
+its height above the floor (floors face up at 0 m, table tops up at desk height, walls sideways,
+ceilings down at room height), learned from the same 2D supervision. Eq. 4 can only reweigh views, so it cannot fix a voxel that most views mislabel (a
 floor strip that every view near the wall calls wall); the prior can.
 """
 
@@ -118,8 +118,8 @@ class VotingNet(nn.Module):
         self.prior_mlp = _mlp([4, hidden_dim, hidden_dim, num_classes])
 
     def prior_logits(self, normal: torch.Tensor, height_m: torch.Tensor) -> torch.Tensor:  # [P, C]
-        """Unnormalised log π(c | n, h) of unit surface normals [P, 3] (world frame, z up, towards free
-        space) at heights above the floor [P] (metres)."""
+        """Unnormalised log π(c | n, h) of unit surface normals [P, 3] (world frame, z up, turned towards
+        the observing camera) at heights above the floor [P] (metres)."""
         return self.prior_mlp(torch.cat([normal, height_m.unsqueeze(-1)], dim=-1))
 
     def observation_log_prior(self, normal: torch.Tensor, height_m: torch.Tensor, floor: float) -> torch.Tensor:  # [P, C]
@@ -171,8 +171,9 @@ class VotingNet(nn.Module):
 
 # ----------------------------------------------------------------------------- checkpoints
 CHECKPOINT_FORMAT = "semantic_mapping.voting"
-CHECKPOINT_VERSION = 2
-"""2: the network has the geometry prior (prior_mlp over normal and height)."""
+CHECKPOINT_VERSION = 3
+"""2: the network has the geometry prior (prior_mlp over normal and height); 3: the prior's normals
+face the observing camera."""
 
 
 class CheckpointError(ValueError):

@@ -41,6 +41,14 @@ def geometry_encoding(vmap: VoxelMap, points_m: torch.Tensor) -> torch.Tensor:  
     return out
 
 
+def facing_camera(normal: torch.Tensor, points_m: torch.Tensor, camera_m: torch.Tensor) -> torch.Tensor:  # [P, 3]
+    """Normals [P, 3] at points [P, 3] turned to the side of the camera at `camera_m` ([P, 3] or [3],
+    world frame): the observed side. Behind a surface, unknown TSDF reads as free space and turns the
+    gradient away from the camera; a ceiling seen from below must face down."""
+    away = ((camera_m - points_m) * normal).sum(-1, keepdim=True) < 0  # [P, 1]
+    return torch.where(away, -normal, normal)
+
+
 @dataclass
 class PointViews:
     """Per point, up to N keyframes that see it, and its local geometry."""
@@ -84,6 +92,7 @@ class SceneData:
     image_wh: tuple  # (w, h) of the stored keyframes
     views: PointViews  # for R * S points, ray-major
     render_weight: torch.Tensor  # [R, S] float32 Eq. 8-9 weights, rows sum to 1
+    prior_normal: torch.Tensor  # [R * S, 3] float32 each sample's TSDF normal turned towards its ray's camera (`facing_camera`)
     height_m: torch.Tensor  # [R * S] float32 height of each sample above the floor (world z; the simulator's floor is at 0)
     label: torch.Tensor  # [R] int64 ground-truth class of each ray's pixel
     samples_per_ray: int
@@ -158,10 +167,13 @@ def prepare_scene(seed: int, mapper_config: MapperConfig, keyframes: KeyframeCon
     weight = weight[keep] / weight[keep].sum(1, keepdim=True)  # Eq. 9
     keep_samples = keep.repeat_interleave(S)
     views = views.select(keep_samples)
+    camera_m = torch.from_numpy(np.repeat(origin, S, axis=0)[keep_samples.numpy()]).float()  # [R' * S, 3]
+    prior_normal = facing_camera(views.geometry[:, -3:], points_t[keep_samples], camera_m)
     kf = buffer.keyframes
     return SceneData(
         keyframe_rgb=torch.stack([k.rgb_small for k in kf]),
         image_wh=(kf[0].intrinsics.width_px, kf[0].intrinsics.height_px),
-        views=views, render_weight=weight.float(), height_m=points_t[keep_samples, 2], label=torch.from_numpy(labels[keep.numpy()]).long(),
+        views=views, render_weight=weight.float(), prior_normal=prior_normal, height_m=points_t[keep_samples, 2],
+        label=torch.from_numpy(labels[keep.numpy()]).long(),
         samples_per_ray=S,
     )

@@ -8,8 +8,8 @@ weight `vote_weight` (floored like every observation). Views that leave the keyf
 thereby never forgotten: their votes stay in the distribution. The per-frame Bayesian update of
 the pixels goes on underneath, so voxels no keyframe has voted yet keep a distribution; with the
 geometry prior on, each of those observations also multiplies the voxel's distribution by the
-network's π(c | n(x), h(x))^prior_weight, n(x) the voxel's TSDF normal at that time and h(x)
-its height above the floor.
+network's π(c | n(x), h(x))^prior_weight, n(x) the voxel's TSDF normal at that time turned
+towards the frame's camera and h(x) its height above the floor.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from semantic_mapping.fusion.voxel_map import VoxelMap, pack_indices
 from semantic_mapping.geometry import backproject_depth, transform_points
 from semantic_mapping.semantics.keyframes import KeyframeBuffer
 from semantic_mapping.semantics.voting import VotingNet, load_checkpoint
-from semantic_mapping.semantics.voting_data import geometry_encoding, point_views
+from semantic_mapping.semantics.voting_data import facing_camera, geometry_encoding, point_views
 from semantic_mapping.types import Frame
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,15 @@ class SoftVoting:
         """`VoxelMap.integrate`'s semantic_prior: the geometry prior, or None when it is off."""
         return self.observation_log_prior if self.config.geometry_prior and self.config.prior_weight > 0 else None
 
-    def observation_log_prior(self, vmap: VoxelMap, voxel_indices: np.ndarray) -> np.ndarray:  # [U, C] float32
-        """prior_weight x log π(c | n, h) at voxels [U, 3]: n their TSDF normal now (`geometry_encoding`),
-        h their height above `floor_z_m`."""
+    def observation_log_prior(self, vmap: VoxelMap, voxel_indices: np.ndarray,
+                              camera_m: np.ndarray) -> np.ndarray:  # [U, C] float32
+        """prior_weight x log π(c | n, h) at voxels [U, 3] observed from the camera centre `camera_m` [3]
+        (world frame): n their TSDF normal now (`geometry_encoding`) turned towards the camera, h their
+        height above `floor_z_m`."""
         start = time.perf_counter()
         centres_m = torch.from_numpy(voxel_indices * vmap.voxel_size_m)  # [U, 3] float64
-        normal = geometry_encoding(vmap, centres_m)[:, -3:]  # [U, 3]
+        normal = facing_camera(geometry_encoding(vmap, centres_m)[:, -3:], centres_m.float(),
+                               torch.from_numpy(np.asarray(camera_m, np.float32)))  # [U, 3]
         height_m = (centres_m[:, 2] - self.config.floor_z_m).float()  # [U]
         with torch.no_grad():
             log_prior = self.config.prior_weight * self.net.observation_log_prior(normal, height_m, self.config.prior_floor)

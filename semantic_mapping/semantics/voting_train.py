@@ -3,7 +3,8 @@
 Each step takes a batch of rays of held-out views of one scene, votes the semantics of the
 samples along each ray from the scene's keyframes, renders them with the SDF weights and
 minimises the cross-entropy against the rays' 2D labels. The geometry prior π(c | n, h) is rendered
-the same way from the samples' TSDF normals and heights and gets its own cross-entropy term.
+the same way from the samples' TSDF normals (turned towards the camera) and heights and gets its own
+cross-entropy term, on rays drawn from all training scenes at every step.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
 _LOG_EPS = 1e-6
 
 
-def _render(scene: SceneData, rays: torch.Tensor, per_sample: torch.Tensor) -> torch.Tensor:  # [B, C]
+def _render(scene, rays: torch.Tensor, per_sample: torch.Tensor) -> torch.Tensor:  # [B, C]
     """Eq. 5: the rays' [B] samples' class distributions [B * S, C] weighted by Eq. 8-9."""
     return (scene.render_weight[rays].unsqueeze(-1) * per_sample.reshape(len(rays), scene.samples_per_ray, -1)).sum(1)
 
 
-def _sample_rows(scene: SceneData, rays: torch.Tensor) -> torch.Tensor:  # [B * S]
+def _sample_rows(scene, rays: torch.Tensor) -> torch.Tensor:  # [B * S]
     S = scene.samples_per_ray
     return (rays[:, None] * S + torch.arange(S)).reshape(-1)
 
@@ -46,11 +47,26 @@ def render_rays(net: VotingNet, scene: SceneData, rays: torch.Tensor, uniform: b
     return _render(scene, rays, net.vote(views, features, scene.image_wh, uniform))
 
 
-def render_prior(net: VotingNet, scene: SceneData, rays: torch.Tensor) -> torch.Tensor:
-    """Rendered geometry prior π(c | n, h) [B, C] of the rays `rays` [B]."""
+@dataclass
+class PriorRays:
+    """What the geometry prior learns from: the supervised rays of several scenes, pooled."""
+
+    prior_normal: torch.Tensor  # [R * S, 3] float32 sample normals turned towards the camera
+    height_m: torch.Tensor  # [R * S] float32 sample heights above the floor
+    render_weight: torch.Tensor  # [R, S] float32 Eq. 8-9 weights
+    label: torch.Tensor  # [R] int64
+    samples_per_ray: int
+
+    @classmethod
+    def pool(cls, scenes: list) -> "PriorRays":
+        return cls(*(torch.cat([getattr(s, name) for s in scenes]) for name in ("prior_normal", "height_m", "render_weight", "label")),
+                   scenes[0].samples_per_ray)
+
+
+def render_prior(net: VotingNet, scene, rays: torch.Tensor) -> torch.Tensor:
+    """Rendered geometry prior π(c | n, h) [B, C] of the rays `rays` [B] of a SceneData or PriorRays."""
     rows = _sample_rows(scene, rays)
-    normal = scene.views.geometry[rows, -3:]  # [B * S, 3]
-    return _render(scene, rays, torch.softmax(net.prior_logits(normal, scene.height_m[rows]), dim=-1))
+    return _render(scene, rays, torch.softmax(net.prior_logits(scene.prior_normal[rows], scene.height_m[rows]), dim=-1))
 
 
 @dataclass
@@ -58,6 +74,10 @@ class TrainConfig:
     steps: int = 400
     rays_per_step: int = 1024
     learning_rate: float = 2e-3
+    prior_rays_per_step: int = 8192
+    """Rays per step for the geometry prior, drawn from all training scenes at once (rare surfaces
+    such as ceilings, which few scenes show, are in every step)."""
+    prior_learning_rate: float = 1e-2
     weight_decay: float = 1e-4
     eval_every: int = 50
     seed: int = 0
@@ -91,10 +111,14 @@ def _loss(rendered: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train(net: VotingNet, scenes: list, val_scenes: list, config: TrainConfig, progress=None) -> History:
-    """Adam on the rendered cross-entropy (Eq. 6) of the votes plus that of the geometry prior;
-    returns the loss curves."""
+    """Adam on the rendered cross-entropy (Eq. 6) of the votes of one scene's rays plus that of the
+    geometry prior on rays of all scenes; returns the loss curves."""
     generator = torch.Generator().manual_seed(config.seed)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    prior_params = list(net.prior_mlp.parameters())
+    others = [p for p in net.parameters() if all(p is not q for q in prior_params)]
+    optimiser = torch.optim.AdamW([{"params": others}, {"params": prior_params, "lr": config.prior_learning_rate}],
+                                  lr=config.learning_rate, weight_decay=config.weight_decay)
+    pooled = PriorRays.pool(scenes)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
     history = History()
     running = []
@@ -103,7 +127,8 @@ def train(net: VotingNet, scenes: list, val_scenes: list, config: TrainConfig, p
         rays = torch.randint(len(scene.label), (min(config.rays_per_step, len(scene.label)),), generator=generator)
         net.train()
         loss = _loss(render_rays(net, scene, rays), scene.label[rays])
-        loss = loss + _loss(render_prior(net, scene, rays), scene.label[rays])
+        prior_rays = torch.randint(len(pooled.label), (config.prior_rays_per_step,), generator=generator)
+        loss = loss + _loss(render_prior(net, pooled, prior_rays), pooled.label[prior_rays])
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
