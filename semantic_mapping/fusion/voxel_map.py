@@ -204,9 +204,9 @@ class VoxelMap:
     ) -> IntegrationStats:
         """Fuse one frame's depth and colour (Open3D) and its semantics (Bayesian update).
 
-        `semantic_prior(map, voxel_indices [U, 3], camera centre [3]) -> [U, C]` log-probabilities, when
-        given, multiply the distribution of every voxel the semantics update, with each observation (after the
-        depth is fused, so it can read the geometry there)."""
+        `semantic_prior(map, voxel_indices [U, 3], camera centre [3]) -> [U, C]` log-probabilities,
+        when given, multiply the distribution of every voxel the semantics update, with each
+        observation (after the depth is fused, so it can read the geometry there)."""
         cfg = self.config
         # Millimetre uint16 depth lets Open3D take the uint8 colour as it is (no float colour image).
         depth_mm = np.minimum(depth_m * 1000.0 + 0.5, 65535.0).astype(np.uint16)

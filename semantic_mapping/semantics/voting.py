@@ -11,8 +11,9 @@ GNeSF Table 4, the softmax of the weighted log-probabilities ("logits").
 Our addition to GNeSF: a geometry prior π(c | n(x), h(x)), the class distribution of a surface
 given its unit normal (turned towards the observing camera) in the gravity-aligned world frame and
 its height above the floor (floors face up at 0 m, table tops up at desk height, walls sideways,
-ceilings down at room height), learned from the same 2D supervision. Eq. 4 can only reweigh views, so it cannot fix a voxel that most views mislabel (a
-floor strip that every view near the wall calls wall); the prior can.
+ceilings down at room height), learned from the same 2D supervision. Eq. 4 can only reweigh views,
+so it cannot fix a voxel that most views mislabel (a floor strip that every view near the wall
+calls wall); the prior can.
 """
 
 from __future__ import annotations

@@ -114,10 +114,11 @@ def train(net: VotingNet, scenes: list, val_scenes: list, config: TrainConfig, p
     """Adam on the rendered cross-entropy (Eq. 6) of the votes of one scene's rays plus that of the
     geometry prior on rays of all scenes; returns the loss curves."""
     generator = torch.Generator().manual_seed(config.seed)
-    prior_params = list(net.prior_mlp.parameters())
-    others = [p for p in net.parameters() if all(p is not q for q in prior_params)]
-    optimiser = torch.optim.AdamW([{"params": others}, {"params": prior_params, "lr": config.prior_learning_rate}],
-                                  lr=config.learning_rate, weight_decay=config.weight_decay)
+    named = list(net.named_parameters())
+    optimiser = torch.optim.AdamW(
+        [{"params": [p for name, p in named if not name.startswith("prior_mlp.")]},
+         {"params": [p for name, p in named if name.startswith("prior_mlp.")], "lr": config.prior_learning_rate}],
+        lr=config.learning_rate, weight_decay=config.weight_decay)
     pooled = PriorRays.pool(scenes)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
     history = History()
