@@ -457,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training scene seeds, e.g. '20-31,40' (development seeds only; the default adds scenes that show ceilings)")
     p.add_argument("--val-seeds", default="32", help="validation scene seeds")
     p.add_argument("--frames", type=int, default=300, help="frames simulated per scene")
-    p.add_argument("--steps", type=int, default=600, help="optimiser steps (1024 rays each)")
+    p.add_argument("--steps", type=int, default=600,
+                   help="optimiser steps (each: 1024 rays of one scene for the votes, 8192 of all scenes for the prior)")
     p.add_argument("--vote-space", choices=("probabilities", "logits"), default="probabilities",
                    help="Eq. 4 over probabilities (GNeSF) or over logits (the ablation)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and ray sampling seed")
