@@ -9,7 +9,7 @@ import torch
 
 from semantic_mapping.config import CameraConfig, FusionConfig, MapperConfig, ObjectsConfig, SimConfig
 from semantic_mapping.objects.slot_field import SlotField, match_masks, slot_losses, soft_iou_affinity
-from semantic_mapping.objects.slots import _connected_parts, _join_parts, _unmasked_by_class, dilate_ids, gravity_aligned_box
+from semantic_mapping.objects.slots import _connected_parts, _join_parts, _part_kinds, _unmasked_by_class, dilate_ids, gravity_aligned_box
 
 
 def test_affinity_is_soft_iou():
@@ -128,6 +128,35 @@ def test_parts_that_most_masks_cover_together_are_joined():
     assert joined[0] == joined[len(grid)] != joined[-1]  # A and B joined (6 of 8 views), C kept apart (2 of 8)
     assert len(np.unique(joined[part == 2])) == 1
     assert (_join_parts(part, rows, field, min_share=0.9) == part).all()  # 6 of 8 is not 90 %
+
+
+def test_an_object_part_is_not_joined_to_a_wall_part_even_when_every_mask_covers_both():
+    """A sink part against a wall part: every view's mask covers both (a segmenter that takes the sink
+    with its wall). By the semantic map's classes the sink is an object and the wall structure, so
+    they stay apart; two object parts, or a part without labels, still join."""
+    from semantic_mapping.semantics.label_space import default_label_space
+
+    space = default_label_space()
+    object_class = np.array([role == "object" for role in space.roles])
+    sink, wall, chair = space.names.index("sink"), space.names.index("wall"), space.names.index("chair")
+    grid = np.stack(np.meshgrid(np.arange(6), np.arange(6), np.arange(6), indexing="ij"), -1).reshape(-1, 3)
+    voxels = np.concatenate([grid, grid + [6, 0, 0]])
+    field = SlotField(ObjectsConfig(min_slots=4))
+    for v in range(4):
+        field.add_view(voxels, np.ones(len(voxels), int), v)
+    rows = field.rows_of(voxels)
+    part = np.repeat([0, 1], len(grid))
+    for classes, labelled, expected_joined in (((sink, wall), (True, True), False), ((sink, chair), (True, True), True),
+                                               ((sink, wall), (True, False), True)):
+        probs = np.zeros((len(voxels), space.num_classes), np.float32)
+        probs[np.arange(len(voxels)), np.repeat(classes, len(grid))] = 1.0
+        has_label = np.repeat(labelled, len(grid))
+        # one voxel in ten of the sink part reads wall: the majority decides the part's kind
+        probs[: len(grid) : 10] = np.eye(space.num_classes)[wall]
+        kind = _part_kinds(part, probs, has_label, object_class)
+        joined = _join_parts(part, rows, field, min_share=0.5, kind=kind)
+        assert (joined[0] == joined[-1]) == expected_joined, (classes, labelled)
+    assert (_join_parts(part, rows, field, min_share=0.5) == 0).all()  # without kinds the masks decide alone
 
 
 def test_pieces_of_one_object_are_joined_across_a_gap_and_unmasked_views_do_not_count():

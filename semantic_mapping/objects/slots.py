@@ -233,7 +233,9 @@ class ObjectSlots:
         part = _absorb_small_parts(indices, part, self.config.min_object_voxels)
         keep = np.flatnonzero(part >= 0)  # [K] positions in rows
         if self.config.join_share > 0 and len(keep):
-            part[keep] = _join_parts(part[keep], rows[keep], field, self.config.join_share)
+            kind = None if self.config.join_across_roles else _part_kinds(
+                part[keep], values["class_probs"][keep], values["semantic_count"][keep] > 0, self._object_class)
+            part[keep] = _join_parts(part[keep], rows[keep], field, self.config.join_share, kind)
         keys = field.keys[rows[keep]]
         ids = self._stable_ids(keys, part[keep])  # [K] object id per voxel
         objects = []
@@ -370,12 +372,25 @@ def _unmasked_by_class(slot: np.ndarray, mask_share: np.ndarray, max_share: floa
     return np.where(regroup, num_slots + class_id, slot)
 
 
-def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share: float) -> np.ndarray:
+def _part_kinds(part: np.ndarray, class_probs: np.ndarray, labelled: np.ndarray, object_class: np.ndarray) -> np.ndarray:
+    """Kind of each part of voxels `part` [N] (>= 0), [max(part) + 1] int64: 1 where at least half of
+    its labelled voxels (`labelled` [N] bool, `class_probs` [N, C]) take an object class
+    (`object_class` [C] bool), 0 where fewer do (floor and structure), -1 without labelled voxels."""
+    n = int(part.max()) + 1
+    is_object = object_class[class_probs.argmax(axis=1)] & labelled  # [N]
+    objects = np.bincount(part, weights=is_object, minlength=n)  # [n]
+    labelled_count = np.bincount(part, weights=labelled, minlength=n)  # [n]
+    return np.where(labelled_count > 0, (objects >= 0.5 * labelled_count).astype(np.int64), -1)
+
+
+def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share: float,
+                kind: Optional[np.ndarray] = None) -> np.ndarray:
     """Parts [N] (>= 0) of field rows `rows` [N] joined where one mask covers both parts of a pair in at
     least `min_share` of the field's kept views that see both and mask either: the masks treat them as
     one object, so a seam between two slots that no view confirms goes, and so does a gap between
     pieces of one object that occlusion or an unseen edge left apart. A view that masks neither part
-    says nothing about the pair (its masks were dropped as too small, or it missed the object)."""
+    says nothing about the pair (its masks were dropped as too small, or it missed the object). With
+    `kind` [n] (`_part_kinds`), an object part never joins a floor or structure part."""
     n = int(part.max()) + 1
     part_of_row = np.full(field.num_voxels, -1, np.int64)
     part_of_row[rows] = part
@@ -399,6 +414,8 @@ def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share:
     seen, masked = np.asarray(seen), np.asarray(masked)  # [views, n]
     asked = (seen[:, a] & seen[:, b] & (masked[:, a] | masked[:, b])).sum(axis=0)  # [T] views that see both and mask either
     join = joined >= min_share * asked
+    if kind is not None:
+        join &= (kind[a] == kind[b]) | (kind[a] < 0) | (kind[b] < 0)
     graph = coo_matrix((np.ones(join.sum(), np.int8), (a[join], b[join])), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)[part]
 
