@@ -9,7 +9,7 @@ import torch
 
 from semantic_mapping.config import CameraConfig, FusionConfig, MapperConfig, ObjectsConfig, SimConfig
 from semantic_mapping.objects.slot_field import SlotField, match_masks, slot_losses, soft_iou_affinity
-from semantic_mapping.objects.slots import _connected_parts, _join_parts, _part_kinds, _unmasked_by_class, dilate_ids, gravity_aligned_box
+from semantic_mapping.objects.slots import _connected_parts, _join_parts, _part_class_distributions, _part_kinds, _unmasked_by_class, dilate_ids, gravity_aligned_box
 
 
 def test_affinity_is_soft_iou():
@@ -130,22 +130,27 @@ def test_parts_that_most_masks_cover_together_are_joined():
     assert (_join_parts(part, rows, field, min_share=0.9) == part).all()  # 6 of 8 is not 90 %
 
 
-def test_an_object_part_is_not_joined_to_a_wall_part_even_when_every_mask_covers_both():
-    """A sink part against a wall part: every view's mask covers both (a segmenter that takes the sink
-    with its wall). By the semantic map's classes the sink is an object and the wall structure, so
-    they stay apart; two object parts, or a part without labels, still join."""
+def _two_parts_one_mask_covers() -> tuple:
+    """Two touching 6^3 boxes, parts 0 and 1, that one mask covers in each of 4 views: (label space,
+    object_class [C] bool, grid [216, 3], voxels [432, 3], field, rows [432], part [432])."""
     from semantic_mapping.semantics.label_space import default_label_space
 
     space = default_label_space()
     object_class = np.array([role == "object" for role in space.roles])
-    sink, wall, chair = space.names.index("sink"), space.names.index("wall"), space.names.index("chair")
     grid = np.stack(np.meshgrid(np.arange(6), np.arange(6), np.arange(6), indexing="ij"), -1).reshape(-1, 3)
     voxels = np.concatenate([grid, grid + [6, 0, 0]])
     field = SlotField(ObjectsConfig(min_slots=4))
     for v in range(4):
         field.add_view(voxels, np.ones(len(voxels), int), v)
-    rows = field.rows_of(voxels)
-    part = np.repeat([0, 1], len(grid))
+    return space, object_class, grid, voxels, field, field.rows_of(voxels), np.repeat([0, 1], len(grid))
+
+
+def test_an_object_part_is_not_joined_to_a_wall_part_even_when_every_mask_covers_both():
+    """A sink part against a wall part: every view's mask covers both (a segmenter that takes the sink
+    with its wall). By the semantic map's classes the sink is an object and the wall structure, so
+    they stay apart; two object parts, or a part without labels, still join."""
+    space, object_class, grid, voxels, field, rows, part = _two_parts_one_mask_covers()
+    sink, wall, chair = space.names.index("sink"), space.names.index("wall"), space.names.index("chair")
     for classes, labelled, expected_joined in (((sink, wall), (True, True), False), ((sink, chair), (True, True), True),
                                                ((sink, wall), (True, False), True)):
         probs = np.zeros((len(voxels), space.num_classes), np.float32)
@@ -157,6 +162,25 @@ def test_an_object_part_is_not_joined_to_a_wall_part_even_when_every_mask_covers
         joined = _join_parts(part, rows, field, min_share=0.5, kind=kind)
         assert (joined[0] == joined[-1]) == expected_joined, (classes, labelled)
     assert (_join_parts(part, rows, field, min_share=0.5) == 0).all()  # without kinds the masks decide alone
+
+
+def test_object_parts_join_only_when_their_classes_overlap():
+    """A chair part against a table part, and two halves of a table the semantic map calls table in
+    one and mostly desk in the other: every view's mask covers both parts of each pair. The chair and
+    table do not join (no class in common); the table halves do (overlap 0.85)."""
+    space, object_class, grid, voxels, field, rows, part = _two_parts_one_mask_covers()
+    table, desk, chair = space.names.index("table"), space.names.index("desk"), space.names.index("chair")
+    labelled = np.ones(len(voxels), bool)
+    for second, expected_joined in (({chair: 1.0}, False), ({desk: 0.55, table: 0.45}, True)):
+        probs = np.zeros((len(voxels), space.num_classes), np.float32)
+        probs[: len(grid), table], probs[: len(grid), desk] = 0.6, 0.4
+        for c, p in second.items():
+            probs[len(grid):, c] = p
+        kind = _part_kinds(part, probs, labelled, object_class)
+        classes = _part_class_distributions(part, probs, labelled)
+        joined = _join_parts(part, rows, field, 0.5, kind, classes, min_class_overlap=0.3)
+        assert (joined[0] == joined[-1]) == expected_joined, second
+        assert (_join_parts(part, rows, field, 0.5, kind, classes, min_class_overlap=0.0) == 0).all()  # 0: any classes
 
 
 def test_pieces_of_one_object_are_joined_across_a_gap_and_unmasked_views_do_not_count():

@@ -5,7 +5,7 @@ Every tenth frame (index 5, 15, ...) is held out of the map. The other frames ar
 slot field. The full method and its ablations (no Hungarian matching, no L_TV) fit their own fields
 to the very same views in the same run; the extraction ablations (objects from the field's argmax
 without the views' mask votes, parts never joined, unmasked voxels not grouped by class, object parts
-joined to walls and floors) read the full method's field. At each
+joined to walls and floors, object parts joined whatever their classes) read the full method's field. At each
 held-out pose, the map's objects rendered there and the simulated masks of that (never fused) view
 are scored against the ground-truth segments with DiscoNeRF's IoU, BD and SBD. The ground truth is
 one segment per object instance and per floor, wall or ceiling plane, the same 3D surfaces in every
@@ -38,7 +38,8 @@ MIN_INSTANCE_VOXELS = 50
 VARIANTS = {"full": {}, "no_matching": {"matching": "argmax"}, "no_tv": {"lambda_tv": 0.0}}
 """Ablations that fit their own field."""
 EXTRACTION_VARIANTS = {"no_votes": {"mask_votes": False}, "no_join": {"join_share": 0.0},
-                       "no_class_groups": {"unmasked_class_share": 0.0}, "join_across_roles": {"join_across_roles": True}}
+                       "no_class_groups": {"unmasked_class_share": 0.0}, "join_across_roles": {"join_across_roles": True},
+                       "join_any_classes": {"join_class_overlap": 0.0}}
 """Ablations of the extraction alone: objects read out of the full method's fitted field."""
 GROUND_TRUTHS = {"gt": False, "image_gt": True}
 """Scored ground truths: `ground_truth_segments(image_components=...)`; "gt" gives the figures."""

@@ -233,9 +233,12 @@ class ObjectSlots:
         part = _absorb_small_parts(indices, part, self.config.min_object_voxels)
         keep = np.flatnonzero(part >= 0)  # [K] positions in rows
         if self.config.join_share > 0 and len(keep):
+            labelled = values["semantic_count"][keep] > 0
             kind = None if self.config.join_across_roles else _part_kinds(
-                part[keep], values["class_probs"][keep], values["semantic_count"][keep] > 0, self._object_class)
-            part[keep] = _join_parts(part[keep], rows[keep], field, self.config.join_share, kind)
+                part[keep], values["class_probs"][keep], labelled, self._object_class)
+            classes = _part_class_distributions(part[keep], values["class_probs"][keep], labelled)
+            part[keep] = _join_parts(part[keep], rows[keep], field, self.config.join_share, kind, classes,
+                                     self.config.join_class_overlap)
         keys = field.keys[rows[keep]]
         ids = self._stable_ids(keys, part[keep])  # [K] object id per voxel
         objects = []
@@ -383,14 +386,26 @@ def _part_kinds(part: np.ndarray, class_probs: np.ndarray, labelled: np.ndarray,
     return np.where(labelled_count > 0, (objects >= 0.5 * labelled_count).astype(np.int64), -1)
 
 
+def _part_class_distributions(part: np.ndarray, class_probs: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """Mean class distribution [max(part) + 1, C] of the labelled voxels (`labelled` [N] bool,
+    `class_probs` [N, C]) of each part of `part` [N] (>= 0); zeros for a part without labels."""
+    n = int(part.max()) + 1
+    total = np.zeros((n, class_probs.shape[1]))
+    np.add.at(total, part[labelled], class_probs[labelled])
+    return total / np.maximum(np.bincount(part[labelled], minlength=n), 1)[:, None]
+
+
 def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share: float,
-                kind: Optional[np.ndarray] = None) -> np.ndarray:
+                kind: Optional[np.ndarray] = None, classes: Optional[np.ndarray] = None,
+                min_class_overlap: float = 0.0) -> np.ndarray:
     """Parts [N] (>= 0) of field rows `rows` [N] joined where one mask covers both parts of a pair in at
     least `min_share` of the field's kept views that see both and mask either: the masks treat them as
     one object, so a seam between two slots that no view confirms goes, and so does a gap between
     pieces of one object that occlusion or an unseen edge left apart. A view that masks neither part
     says nothing about the pair (its masks were dropped as too small, or it missed the object). With
-    `kind` [n] (`_part_kinds`), an object part never joins a floor or structure part."""
+    `kind` [n] (`_part_kinds`), an object part never joins a floor or structure part; with `classes`
+    [n, C] (`_part_class_distributions`) too, two object parts join only when their class
+    distributions overlap (sum of the minimum) by at least `min_class_overlap`."""
     n = int(part.max()) + 1
     part_of_row = np.full(field.num_voxels, -1, np.int64)
     part_of_row[rows] = part
@@ -416,6 +431,9 @@ def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share:
     join = joined >= min_share * asked
     if kind is not None:
         join &= (kind[a] == kind[b]) | (kind[a] < 0) | (kind[b] < 0)
+        if classes is not None:
+            overlap = np.minimum(classes[a], classes[b]).sum(axis=1)  # [T]
+            join &= (kind[a] != 1) | (kind[b] != 1) | (overlap >= min_class_overlap)
     graph = coo_matrix((np.ones(join.sum(), np.int8), (a[join], b[join])), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)[part]
 
