@@ -5,7 +5,8 @@ Every tenth frame (index 5, 15, ...) is held out of the map. The other frames ar
 slot field. The full method and its ablations (no Hungarian matching, no L_TV) fit their own fields
 to the very same views in the same run; the extraction ablations (objects from the field's argmax
 without the views' mask votes, parts never joined, unmasked voxels not grouped by class, object parts
-joined to walls and floors, object parts joined whatever their classes) read the full method's field. At each
+joined to walls and floors and so also whatever their classes, object parts joined whatever their
+classes) read the full method's field. At each
 held-out pose, the map's objects rendered there and the simulated masks of that (never fused) view
 are scored against the ground-truth segments with DiscoNeRF's IoU, BD and SBD. The ground truth is
 one segment per object instance and per floor, wall or ceiling plane, the same 3D surfaces in every
