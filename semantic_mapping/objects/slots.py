@@ -390,9 +390,10 @@ def _part_class_distributions(part: np.ndarray, class_probs: np.ndarray, labelle
     """Mean class distribution [max(part) + 1, C] of the labelled voxels (`labelled` [N] bool,
     `class_probs` [N, C]) of each part of `part` [N] (>= 0); zeros for a part without labels."""
     n = int(part.max()) + 1
-    total = np.zeros((n, class_probs.shape[1]))
-    np.add.at(total, part[labelled], class_probs[labelled])
-    return total / np.maximum(np.bincount(part[labelled], minlength=n), 1)[:, None]
+    owner = part[labelled]  # [L]
+    to_part = coo_matrix((np.ones(len(owner)), (owner, np.arange(len(owner)))), shape=(n, len(owner))).tocsr()
+    total = to_part @ class_probs[labelled].astype(np.float64)  # [n, C]
+    return total / np.maximum(np.bincount(owner, minlength=n), 1)[:, None]
 
 
 def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share: float,
