@@ -235,10 +235,12 @@ class ObjectsConfig:
     """Extraction: each voxel takes the slot its kept views' masks are matched to most often (the field's own argmax where no mask covers it); False: the field's argmax alone."""
     join_share: float = 0.5
     """Two parts are one object when one mask covers both in at least this share of the kept views that see both and mask either (0: never joined)."""
+    join_seams: bool = True
+    """Extraction: two touching parts are also one object when one mask covers both along their seam (each part's voxels next to the other) in at least join_share of the kept views that see both sides and mask either; False: only whole parts are compared."""
     join_across_roles: bool = False
     """Extraction: also join a part the semantic map calls an object (half its labelled voxels or more) to one it calls floor or structure when masks cover both; False: never (a mask that takes a sink with its wall does not make them one object)."""
     join_class_overlap: float = 0.3
-    """Extraction: two parts the semantic map calls objects are joined only when their mean class distributions overlap (sum of the minimum) by at least this much, so a mask that takes a chair with its table does not make them one object (0: any classes). It uses the parts' kinds, so it applies only with join_across_roles false."""
+    """Extraction: two parts (or groups of joined parts) with labels are joined only when their mean class distributions overlap (sum of the minimum) by at least this much, so a mask that takes a chair with its table, or a wall with the floor, does not make them one object (0: any classes). It applies only with join_across_roles false."""
     unmasked_class_share: float = 0.25
     """Extraction: voxels that masks cover in under this share of the kept views that see them, and that the semantic map labels with an object class, are grouped by that class instead of by slot (objects too small for a mask in every view, or that no view saw); 0: off."""
     min_object_voxels: int = 30

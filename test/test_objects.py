@@ -9,7 +9,7 @@ import torch
 
 from semantic_mapping.config import CameraConfig, FusionConfig, MapperConfig, ObjectsConfig, SimConfig
 from semantic_mapping.objects.slot_field import SlotField, match_masks, slot_losses, soft_iou_affinity
-from semantic_mapping.objects.slots import _connected_parts, _join_parts, _part_class_distributions, _part_kinds, _unmasked_by_class, dilate_ids, gravity_aligned_box
+from semantic_mapping.objects.slots import _connected_parts, _join_parts, _part_class_totals, _part_kinds, _unmasked_by_class, dilate_ids, gravity_aligned_box
 
 
 def test_affinity_is_soft_iou():
@@ -130,6 +130,23 @@ def test_parts_that_most_masks_cover_together_are_joined():
     assert (_join_parts(part, rows, field, min_share=0.9) == part).all()  # 6 of 8 is not 90 %
 
 
+def test_a_surface_that_views_cut_in_different_places_is_joined_along_its_seam():
+    """A floor slab 20 x 10 voxels whose field split it at x = 10 (parts A | B). Each view's masks cut
+    it in two somewhere else (where furniture stood in that image: x = 6, 7, 8, 12, 13 or 14), so no
+    mask ever covers half of both whole parts, but every mask that covers the seam covers both sides
+    of it: joined along the seam. Views that all cut exactly at the seam keep the parts apart."""
+    slab = np.stack(np.meshgrid(np.arange(20), np.arange(10), [0], indexing="ij"), -1).reshape(-1, 3)
+    part = (slab[:, 0] >= 10).astype(np.int64)
+    for cuts, expected_joined in (((6, 7, 8, 12, 13, 14), True), ((10,) * 6, False)):
+        field = SlotField(ObjectsConfig(min_slots=4))
+        for v, cut in enumerate(cuts):
+            field.add_view(slab, np.where(slab[:, 0] < cut, 1, 2), v)
+        rows = field.rows_of(slab)
+        assert (_join_parts(part, rows, field, min_share=0.5) == part).all()  # whole parts: never one mask on both
+        joined = _join_parts(part, rows, field, min_share=0.5, seams=True)
+        assert (joined[0] == joined[-1]) == expected_joined, cuts
+
+
 def _two_parts_one_mask_covers() -> tuple:
     """Two touching 6^3 boxes, parts 0 and 1, that one mask covers in each of 4 views: (label space,
     object_class [C] bool, grid [216, 3], voxels [432, 3], field, rows [432], part [432])."""
@@ -164,6 +181,33 @@ def test_an_object_part_is_not_joined_to_a_wall_part_even_when_every_mask_covers
     assert (_join_parts(part, rows, field, min_share=0.5) == 0).all()  # without kinds the masks decide alone
 
 
+def test_a_part_without_labels_does_not_bridge_an_object_to_a_wall_or_to_another_class():
+    """Three touching boxes, A | U | B, that one mask covers in every view; U has no labels. With A a
+    sink and B a wall, A a chair and B a table, or A the floor and B a wall, U may join either, but A
+    and B never end up in one object through it. Two chair parts, or two wall parts, do."""
+    from semantic_mapping.semantics.label_space import default_label_space
+
+    space = default_label_space()
+    object_class = np.array([role == "object" for role in space.roles])
+    grid = np.stack(np.meshgrid(np.arange(6), np.arange(6), np.arange(6), indexing="ij"), -1).reshape(-1, 3)
+    voxels = np.concatenate([grid, grid + [6, 0, 0], grid + [12, 0, 0]])
+    field = SlotField(ObjectsConfig(min_slots=4))
+    for v in range(4):
+        field.add_view(voxels, np.ones(len(voxels), int), v)
+    rows, part = field.rows_of(voxels), np.repeat([0, 1, 2], len(grid))
+    labelled = part != 1
+    names = space.names
+    for first, last, expected_joined in (("sink", "wall", False), ("chair", "table", False), ("floor", "wall", False),
+                                         ("chair", "chair", True), ("wall", "wall", True)):
+        probs = np.zeros((len(voxels), space.num_classes), np.float32)
+        probs[part == 0, names.index(first)] = 1.0
+        probs[part == 2, names.index(last)] = 1.0
+        kind = _part_kinds(part, probs, labelled, object_class)
+        joined = _join_parts(part, rows, field, 0.5, kind, _part_class_totals(part, probs, labelled), min_class_overlap=0.3)
+        assert (joined[0] == joined[-1]) == expected_joined, (first, last)
+        assert joined[len(grid)] in (joined[0], joined[-1])  # the unlabelled part joins one side
+
+
 def test_object_parts_join_only_when_their_classes_overlap():
     """A chair part against a table part, and two halves of a table the semantic map calls table in
     one and mostly desk in the other: every view's mask covers both parts of each pair. The chair and
@@ -177,7 +221,7 @@ def test_object_parts_join_only_when_their_classes_overlap():
         for c, p in second.items():
             probs[len(grid):, c] = p
         kind = _part_kinds(part, probs, labelled, object_class)
-        classes = _part_class_distributions(part, probs, labelled)
+        classes = _part_class_totals(part, probs, labelled)
         joined = _join_parts(part, rows, field, 0.5, kind, classes, min_class_overlap=0.3)
         assert (joined[0] == joined[-1]) == expected_joined, second
         assert (_join_parts(part, rows, field, 0.5, kind, classes, min_class_overlap=0.0) == 0).all()  # 0: any classes

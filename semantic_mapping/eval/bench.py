@@ -269,7 +269,7 @@ def format_table(figures: list) -> str:
         elif f.name in ("objects.iou", "objects.bd", "objects.sbd"):
             d = f.detail
             ref = (f"masks {d['masks']:.4f}, no matching {d['no_matching']:.4f}, no L_TV {d['no_tv']:.4f}, no votes {d['no_votes']:.4f}, "
-                   f"no join {d['no_join']:.4f}, no class groups {d['no_class_groups']:.4f}, joined across roles {d['join_across_roles']:.4f}, "
+                   f"no join {d['no_join']:.4f}, no seams {d['no_seams']:.4f}, no class groups {d['no_class_groups']:.4f}, joined across roles {d['join_across_roles']:.4f}, "
                    f"joined whatever the classes {d['join_any_classes']:.4f}; "
                    f"image_gt {d['image_gt']:.4f} vs masks {d['masks_image_gt']:.4f}")
         elif f.name == "objects.instance_recall":
@@ -277,6 +277,7 @@ def format_table(figures: list) -> str:
             ref = (f"{d['matched']} of {d['evaluated']} instances >= {d['min_instance_voxels']} voxels; "
                    f"{d['merged']} merged, {d['split']} split; {d['objects']} objects; "
                    f"no class groups {d['ablations']['no_class_groups']['matched']}, no join {d['ablations']['no_join']['matched']}, "
+                   f"no seams {d['ablations']['no_seams']['matched']}, "
                    f"joined across roles {d['ablations']['join_across_roles']['matched']}, "
                    f"joined whatever the classes {d['ablations']['join_any_classes']['matched']}")
         elif f.name == "objects.ms_per_step":

@@ -4,7 +4,8 @@ Every tenth frame (index 5, 15, ...) is held out of the map. The other frames ar
 `objects.view_interval_frames`-th of them, with its simulated SAM-like masks, becomes a view of the
 slot field. The full method and its ablations (no Hungarian matching, no L_TV) fit their own fields
 to the very same views in the same run; the extraction ablations (objects from the field's argmax
-without the views' mask votes, parts never joined, unmasked voxels not grouped by class, object parts
+without the views' mask votes, parts never joined, parts joined by whole-part masks only and not
+along their seams, unmasked voxels not grouped by class, object parts
 joined to walls and floors and so also whatever their classes, object parts joined whatever their
 classes) read the full method's field. At each
 held-out pose, the map's objects rendered there and the simulated masks of that (never fused) view
@@ -38,7 +39,7 @@ MIN_INSTANCE_VOXELS = 50
 """Ground-truth object instances with fewer seen surface voxels (0.08 m^2 at 4 cm) are not scored."""
 VARIANTS = {"full": {}, "no_matching": {"matching": "argmax"}, "no_tv": {"lambda_tv": 0.0}}
 """Ablations that fit their own field."""
-EXTRACTION_VARIANTS = {"no_votes": {"mask_votes": False}, "no_join": {"join_share": 0.0},
+EXTRACTION_VARIANTS = {"no_votes": {"mask_votes": False}, "no_join": {"join_share": 0.0}, "no_seams": {"join_seams": False},
                        "no_class_groups": {"unmasked_class_share": 0.0}, "join_across_roles": {"join_across_roles": True},
                        "join_any_classes": {"join_class_overlap": 0.0}}
 """Ablations of the extraction alone: objects read out of the full method's fitted field."""

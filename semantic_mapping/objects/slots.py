@@ -47,6 +47,7 @@ _SURFACE_TRUNCATION_SHARE = 0.75  # field voxels with |sdf| under this share of 
 _MIN_ID_OVERLAP = 0.3  # share of a new part that must lie in an old object for it to keep that object's id
 _JOIN_COVER_SHARE = 0.5  # a mask covers a part in a view when it holds this share of the part's pixels there
 _JOIN_MIN_PIXELS = 20  # a part counts as seen by a view with this many pixels (at the view width)
+_SEAM_MIN_PIXELS = 5  # a part's voxels along a seam count as seen by a view with this many pixels
 
 
 def view_size(intrinsics: CameraIntrinsics, view_width_px: int) -> tuple[int, int]:
@@ -237,9 +238,9 @@ class ObjectSlots:
             if not self.config.join_across_roles:
                 labelled = values["semantic_count"][keep] > 0
                 kind = _part_kinds(part[keep], values["class_probs"][keep], labelled, self._object_class)
-                classes = _part_class_distributions(part[keep], values["class_probs"][keep], labelled)
+                classes = _part_class_totals(part[keep], values["class_probs"][keep], labelled)
             part[keep] = _join_parts(part[keep], rows[keep], field, self.config.join_share, kind, classes,
-                                     self.config.join_class_overlap)
+                                     self.config.join_class_overlap, self.config.join_seams)
         keys = field.keys[rows[keep]]
         ids = self._stable_ids(keys, part[keep])  # [K] object id per voxel
         objects = []
@@ -387,57 +388,122 @@ def _part_kinds(part: np.ndarray, class_probs: np.ndarray, labelled: np.ndarray,
     return np.where(labelled_count > 0, (objects >= 0.5 * labelled_count).astype(np.int64), -1)
 
 
-def _part_class_distributions(part: np.ndarray, class_probs: np.ndarray, labelled: np.ndarray) -> np.ndarray:
-    """Mean class distribution [max(part) + 1, C] of the labelled voxels (`labelled` [N] bool,
-    `class_probs` [N, C]) of each part of `part` [N] (>= 0); zeros for a part without labels."""
+def _part_class_totals(part: np.ndarray, class_probs: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """Summed class distributions [max(part) + 1, C] of the labelled voxels (`labelled` [N] bool,
+    `class_probs` [N, C]) of each part of `part` [N] (>= 0): a row sums to the part's labelled voxels,
+    and divided by that it is their mean distribution; zeros for a part without labels."""
     n = int(part.max()) + 1
     owner = part[labelled]  # [L]
     to_part = coo_matrix((np.ones(len(owner)), (owner, np.arange(len(owner)))), shape=(n, len(owner))).tocsr()
-    total = to_part @ class_probs[labelled].astype(np.float64)  # [n, C]
-    return total / np.maximum(np.bincount(owner, minlength=n), 1)[:, None]
+    return to_part @ class_probs[labelled].astype(np.float64)  # [n, C]
+
+
+def _view_coverage(units, field: SlotField, min_pixels: float):
+    """Per kept view of the field, (seen [S] bool, covered [K, S] bool) of S voxel sets (`units`
+    [S, V] sparse 0/1 over field rows): a set is seen with `min_pixels` of the view's pixels on it,
+    and covered by mask k when that mask holds `_JOIN_COVER_SHARE` of them."""
+    for view in field.views:
+        on_view = units[:, view.rows.cpu().numpy()]  # [S, U]
+        visible = on_view @ view.pixel_counts.cpu().numpy()  # [S] pixels per set
+        mask_on_set = (on_view @ view.mask_counts.cpu().numpy().T).T  # [K, S] pixels of mask k on the set
+        seen = visible >= min_pixels
+        yield seen, seen[None] & (mask_on_set >= _JOIN_COVER_SHARE * np.maximum(visible, 1)[None])
 
 
 def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share: float,
-                kind: Optional[np.ndarray] = None, classes: Optional[np.ndarray] = None,
-                min_class_overlap: float = 0.0) -> np.ndarray:
+                kind: Optional[np.ndarray] = None, class_totals: Optional[np.ndarray] = None,
+                min_class_overlap: float = 0.0, seams: bool = False) -> np.ndarray:
     """Parts [N] (>= 0) of field rows `rows` [N] joined where one mask covers both parts of a pair in at
     least `min_share` of the field's kept views that see both and mask either: the masks treat them as
     one object, so a seam between two slots that no view confirms goes, and so does a gap between
     pieces of one object that occlusion or an unseen edge left apart. A view that masks neither part
     says nothing about the pair (its masks were dropped as too small, or it missed the object). With
-    `kind` [n] (`_part_kinds`), an object part never joins a floor or structure part; with `classes`
-    [n, C] (`_part_class_distributions`) too, two object parts join only when their class
-    distributions overlap (sum of the minimum) by at least `min_class_overlap`."""
+    `seams`, two touching parts are also joined when the same holds for their voxels along the seam
+    (each part's voxels next to the other): a floor that views cut apart with the furniture on it is
+    one mask across the seam even where no mask covers half of either part. With `kind` [n]
+    (`_part_kinds`), an object part never ends in one object with a floor or structure part; with
+    `class_totals` [n, C] (`_part_class_totals`) too, two groups of labelled parts join only when
+    their mean class distributions overlap (sum of the minimum) by at least `min_class_overlap`. Joins
+    are made best backed first (`_merge_parts`)."""
     n = int(part.max()) + 1
-    part_of_row = np.full(field.num_voxels, -1, np.int64)
-    part_of_row[rows] = part
-    seen, masked, together = [], [], []  # per view: [n] parts seen, [n] parts masked, codes a * n + b of pairs one mask covers
-    for view in field.views:
-        p = part_of_row[view.rows.cpu().numpy()]  # [U] part of each row the view hits, -1 = none
-        on = np.flatnonzero(p >= 0)
-        visible = np.bincount(p[on], weights=view.pixel_counts.cpu().numpy()[on], minlength=n)  # [n] pixels per part
-        to_part = coo_matrix((np.ones(len(on)), (np.arange(len(on)), p[on])), shape=(len(on), n)).tocsr()
-        mask_on_part = (to_part.T @ view.mask_counts.cpu().numpy()[:, on].T).T  # [K, n] pixels of mask k on part
-        seen_here = visible >= _JOIN_MIN_PIXELS
-        covered = seen_here[None] & (mask_on_part >= _JOIN_COVER_SHARE * np.maximum(visible, 1)[None])  # [K, n]
-        codes = [a * n + b for mask in covered for a, b in itertools.combinations(np.flatnonzero(mask), 2)]
+    whole = coo_matrix((np.ones(len(part)), (part, rows)), shape=(n, field.num_voxels)).tocsr()  # [n, V]
+    seen, masked, codes = [], [], []  # per view: [n] parts seen, [n] parts masked, codes a * n + b of pairs one mask covers
+    for seen_here, covered in _view_coverage(whole, field, _JOIN_MIN_PIXELS):
         seen.append(seen_here)
         masked.append(covered.any(axis=0))
-        together.append(np.unique(np.asarray(codes, np.int64)))
-    pairs, joined = np.unique(np.concatenate(together or [np.zeros(0, np.int64)]), return_counts=True)  # [T], [T] views
-    if len(pairs) == 0:
-        return part
+        codes.append(np.unique(np.asarray([a * n + b for mask in covered
+                                           for a, b in itertools.combinations(np.flatnonzero(mask), 2)], np.int64)))
+    pairs, together = np.unique(np.concatenate(codes or [np.zeros(0, np.int64)]), return_counts=True)  # [T], [T] views
     a, b = pairs // n, pairs % n
-    seen, masked = np.asarray(seen), np.asarray(masked)  # [views, n]
+    seen, masked = np.asarray(seen).reshape(-1, n), np.asarray(masked).reshape(-1, n)  # [views, n]
     asked = (seen[:, a] & seen[:, b] & (masked[:, a] | masked[:, b])).sum(axis=0)  # [T] views that see both and mask either
-    join = joined >= min_share * asked
-    if kind is not None:
-        join &= (kind[a] == kind[b]) | (kind[a] < 0) | (kind[b] < 0)
-        if classes is not None:
-            overlap = np.minimum(classes[a], classes[b]).sum(axis=1)  # [T]
-            join &= (kind[a] != 1) | (kind[b] != 1) | (overlap >= min_class_overlap)
-    graph = coo_matrix((np.ones(join.sum(), np.int8), (a[join], b[join])), shape=(n, n))
-    return connected_components(graph, directed=False)[1].astype(np.int64)[part]
+    if seams:
+        seam_a, seam_b, units = _seam_units(unpack_indices(field.keys[rows]), part, rows, field.num_voxels)
+        side_a, side_b = 2 * np.arange(len(seam_a)), 2 * np.arange(len(seam_a)) + 1  # units of each seam's two sides
+        seam_together, seam_asked = np.zeros(len(seam_a), np.int64), np.zeros(len(seam_a), np.int64)
+        for seen_here, covered in _view_coverage(units, field, _SEAM_MIN_PIXELS):
+            masked_here = covered.any(axis=0)
+            seam_together += (covered[:, side_a] & covered[:, side_b]).any(axis=0)
+            seam_asked += seen_here[side_a] & seen_here[side_b] & (masked_here[side_a] | masked_here[side_b])
+        a, b = np.concatenate([a, seam_a]), np.concatenate([b, seam_b])
+        together, asked = np.concatenate([together, seam_together]), np.concatenate([asked, seam_asked])
+    join = (asked > 0) & (together >= min_share * asked)
+    score = together / np.maximum(asked, 1)  # [T] share of the asking views that back the join
+    return _merge_parts(n, a[join], b[join], score[join], kind, class_totals, min_class_overlap)[part]
+
+
+def _merge_parts(n: int, a: np.ndarray, b: np.ndarray, score: np.ndarray, kind: Optional[np.ndarray],
+                 class_totals: Optional[np.ndarray], min_class_overlap: float) -> np.ndarray:  # [n] int64 group
+    """Groups of n parts from the joins (`a` [T], `b` [T]), the best backed (`score` [T]) first. With
+    `kind` [n], a join that would put an object part and a floor or structure part in one group is
+    skipped, whatever parts of unknown kind lie between them; with `class_totals` [n, C] too, two
+    labelled groups join only when their mean class distributions overlap by `min_class_overlap`
+    (a chair and its table, or a wall and the floor, stay apart)."""
+    parent = np.arange(n)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    group_kind = None if kind is None else kind.copy()  # [n] kind of the group each root stands for
+    totals = None if class_totals is None else class_totals.astype(np.float64)  # [n, C] per root
+    for t in np.argsort(-score, kind="stable"):
+        ra, rb = root(int(a[t])), root(int(b[t]))
+        if ra == rb:
+            continue
+        if group_kind is not None:
+            ka, kb = group_kind[ra], group_kind[rb]
+            if ka >= 0 and kb >= 0 and ka != kb:
+                continue
+            if totals is not None and ka >= 0 and kb >= 0:
+                mean_a = totals[ra] / max(totals[ra].sum(), 1e-9)
+                mean_b = totals[rb] / max(totals[rb].sum(), 1e-9)
+                if np.minimum(mean_a, mean_b).sum() < min_class_overlap:
+                    continue
+            group_kind[ra] = max(ka, kb)  # the known kind when one is unknown (-1)
+            if totals is not None:
+                totals[ra] += totals[rb]
+        parent[rb] = ra
+    return np.array([root(x) for x in range(n)], np.int64)
+
+
+def _seam_units(indices: np.ndarray, part: np.ndarray, rows: np.ndarray, num_rows: int) -> tuple:
+    """Seams between the parts `part` [N] of voxels `indices` [N, 3] (field rows `rows` [N]):
+    (a [T], b [T]) pairs of 26-neighbouring parts, a < b, and units [2T, num_rows] sparse 0/1 whose row
+    2t holds the voxels of a next to b and row 2t + 1 those of b next to a."""
+    i, j = _neighbour_pairs(indices)
+    cross = part[i] != part[j]
+    i, j = i[cross], j[cross]
+    low = np.where(part[i] < part[j], i, j)  # [E] the voxel of the lower part of each pair
+    high = np.where(part[i] < part[j], j, i)
+    n = int(part.max()) + 1
+    codes, pair = np.unique(part[low] * n + part[high], return_inverse=True)  # [T], [E]
+    units = coo_matrix((np.ones(2 * len(pair)), (np.concatenate([2 * pair, 2 * pair + 1]), rows[np.concatenate([low, high])])),
+                       shape=(2 * len(codes), num_rows)).tocsr()
+    units.data[:] = 1.0  # a voxel next to several voxels of the other part counts once
+    return codes // n, codes % n, units
 
 
 def _absorb_small_parts(indices: np.ndarray, part: np.ndarray, min_voxels: int, sweeps: int = 3) -> np.ndarray:
