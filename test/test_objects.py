@@ -145,6 +145,8 @@ def test_a_surface_that_views_cut_in_different_places_is_joined_along_its_seam()
         assert (_join_parts(part, rows, field, min_share=0.5) == part).all()  # whole parts: never one mask on both
         joined = _join_parts(part, rows, field, min_share=0.5, seams=True)
         assert (joined[0] == joined[-1]) == expected_joined, cuts
+    field = SlotField(ObjectsConfig(min_slots=4))
+    assert (_join_parts(part, field.add_voxels(slab), field, 0.5, seams=True) == part).all()  # no views: nothing joined
 
 
 def _two_parts_one_mask_covers() -> tuple:

@@ -435,7 +435,7 @@ def _join_parts(part: np.ndarray, rows: np.ndarray, field: SlotField, min_share:
                                            for a, b in itertools.combinations(np.flatnonzero(mask), 2)], np.int64)))
     pairs, together = np.unique(np.concatenate(codes or [np.zeros(0, np.int64)]), return_counts=True)  # [T], [T] views
     a, b = pairs // n, pairs % n
-    seen, masked = np.asarray(seen).reshape(-1, n), np.asarray(masked).reshape(-1, n)  # [views, n]
+    seen, masked = np.asarray(seen, bool).reshape(-1, n), np.asarray(masked, bool).reshape(-1, n)  # [views, n]
     asked = (seen[:, a] & seen[:, b] & (masked[:, a] | masked[:, b])).sum(axis=0)  # [T] views that see both and mask either
     if seams:
         seam_a, seam_b, units = _seam_units(unpack_indices(field.keys[rows]), part, rows, field.num_voxels)
