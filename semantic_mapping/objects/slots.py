@@ -234,12 +234,12 @@ class ObjectSlots:
         part = _absorb_small_parts(indices, part, self.config.min_object_voxels)
         keep = np.flatnonzero(part >= 0)  # [K] positions in rows
         if self.config.join_share > 0 and len(keep):
-            kind = classes = None  # join_across_roles: the masks decide alone
+            kind = class_totals = None  # join_across_roles: the masks decide alone
             if not self.config.join_across_roles:
                 labelled = values["semantic_count"][keep] > 0
                 kind = _part_kinds(part[keep], values["class_probs"][keep], labelled, self._object_class)
-                classes = _part_class_totals(part[keep], values["class_probs"][keep], labelled)
-            part[keep] = _join_parts(part[keep], rows[keep], field, self.config.join_share, kind, classes,
+                class_totals = _part_class_totals(part[keep], values["class_probs"][keep], labelled)
+            part[keep] = _join_parts(part[keep], rows[keep], field, self.config.join_share, kind, class_totals,
                                      self.config.join_class_overlap, self.config.join_seams)
         keys = field.keys[rows[keep]]
         ids = self._stable_ids(keys, part[keep])  # [K] object id per voxel
