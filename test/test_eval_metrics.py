@@ -276,3 +276,19 @@ def test_vectorised_metrics_match_explicit_masks_including_large_ids():
     every_pixel = np.arange(1, 65 * 65 + 1).reshape(65, 65)  # 4225 x 4225 masks: refused, not OOM
     with pytest.raises(ValueError, match="too many masks"):
         best_dice(every_pixel, every_pixel)
+
+
+def test_in_range_scores_leave_out_what_lies_beyond_the_map():
+    from semantic_mapping.eval.objects_bench import in_range_scores, view_scores
+
+    gt = np.zeros((20, 20), np.int32)
+    gt[:, :10], gt[:, 10:] = 1, 2
+    pred = np.where(gt == 1, 7, 0)  # the far segment 2 is not rendered
+    in_range = np.zeros(gt.shape, bool)
+    in_range[:, :10] = True
+    assert view_scores(pred, gt)[0] == pytest.approx(0.5)
+    np.testing.assert_allclose(in_range_scores(pred, gt, in_range), [1.0, 1.0, 1.0])
+    # a prediction that spills into the far half is judged only on what lies in range
+    spill = np.where(gt > 0, 7, 0)
+    np.testing.assert_allclose(in_range_scores(spill, gt, in_range), [1.0, 1.0, 1.0])
+    assert view_scores(spill, gt)[0] < 1.0

@@ -18,7 +18,9 @@ segments under `MIN_GT_SEGMENT_FRACTION` of the image (slivers no annotator woul
 pixels of no segment are not scored. Both predictions go through the same §7.1 size filter
 (segments under `objects.min_mask_area_fraction` of the image dropped): the masks went through it
 when they were made, the rendered objects get it here; the
-scores of the renders without it are reported beside.
+scores of the renders without it are reported beside. So are the scores over the pixels whose
+ground-truth depth lies within `fusion.depth_max_m` (`in_range`): the map holds no surface beyond
+it, while the masks cut the whole image.
 Object-level recall counts ground-truth object instances matched by exactly one object at 3D IoU
 >= 0.5 over the ground-truth surface voxels the fused frames saw.
 """
@@ -29,6 +31,7 @@ import sys
 import time
 from dataclasses import replace
 
+import cv2
 import numpy as np
 
 HOLD_OUT_EVERY = 10
@@ -76,6 +79,12 @@ def view_scores(pred_ids: np.ndarray, gt_ids: np.ndarray) -> np.ndarray:
     return np.array([instance_iou(pred_ids, gt_ids), best_dice(pred_ids, gt_ids), symmetric_best_dice(pred_ids, gt_ids)])
 
 
+def in_range_scores(pred_ids: np.ndarray, gt_ids: np.ndarray, in_range: np.ndarray) -> np.ndarray:
+    """[iou, bd, sbd] of one view over its pixels in range [H, W] bool only, for id images as
+    `scored_segments` gives them (predictions size-filtered over the whole image)."""
+    return view_scores(np.where(in_range, pred_ids, 0), np.where(in_range, gt_ids, 0))
+
+
 def objects_scene(seed: int, num_frames: int, voxel_size_m: float, base=None, variants: dict = VARIANTS,
                   progress: bool = True) -> dict:
     """Map scene `seed` without its held-out frames, fit every variant's slot field; raw figures."""
@@ -98,7 +107,7 @@ def objects_scene(seed: int, num_frames: int, voxel_size_m: float, base=None, va
              for name, change in variants.items()}
     gt_voxels = voxelize_surface(recording.mesh, voxel_size_m)
     visibility = SurfaceVisibility(gt_voxels, mapper.config.fusion.depth_max_m)
-    held = []  # (T_world_cam, {gt kind: (scored gt segments, scored masks)})
+    held = []  # (T_world_cam, {gt kind: (scored gt segments, scored masks)}, in range [H, W] bool)
     W = EVAL_WIDTH_PX
     H = int(round(recording.intrinsics.height_px * W / recording.intrinsics.width_px))
     eval_intrinsics = recording.intrinsics.scaled(W, H)
@@ -113,7 +122,9 @@ def objects_scene(seed: int, num_frames: int, voxel_size_m: float, base=None, va
             for kind, image_components in GROUND_TRUTHS.items():
                 gt_ids, _ = ground_truth_segments(frame, mapper.label_space, image_components=image_components)
                 scored[kind] = scored_segments(resize_ids(gt_ids, W, H), masks, min_pred_fraction=base.min_mask_area_fraction)
-            held.append((frame.T_world_cam, scored))
+            gt_depth_m = cv2.resize(frame.ground_truth.depth_m, (W, H), interpolation=cv2.INTER_NEAREST)  # [H, W]
+            in_range = (gt_depth_m > 0) & (gt_depth_m <= mapper.config.fusion.depth_max_m)
+            held.append((frame.T_world_cam, scored, in_range))
             continue
         frame = recording.frame(i, masks=is_view)
         visibility.add(frame)
@@ -138,8 +149,12 @@ def objects_scene(seed: int, num_frames: int, voxel_size_m: float, base=None, va
            "ms_per_step": 1000 * fit_s / max(steps, 1), "slots": slots["full"].field.num_slots,
            "field_voxels": slots["full"].field.num_voxels, "scores": {}, "recall": {}}
     for kind in GROUND_TRUTHS:
-        out["scores"][_scores_key("masks", kind)] = np.mean([view_scores(masks, gt) for _, scored in held
+        out["scores"][_scores_key("masks", kind)] = np.mean([view_scores(masks, gt) for _, scored, _ in held
                                                             for gt, masks in [scored[kind]] if gt.any()], axis=0)
+    out["scores"]["masks_in_range"] = np.mean([in_range_scores(masks, gt, r) for _, scored, r in held
+                                               for gt, masks in [scored["gt"]] if (gt * r).any()], axis=0)
+    scored_px = sum(int((scored["gt"][0] > 0).sum()) for _, scored, _ in held)
+    out["beyond_range_share"] = sum(int(((scored["gt"][0] > 0) & ~r).sum()) for _, scored, r in held) / max(scored_px, 1)
     seen = visibility.seen
     object_class = np.array([r == "object" for r in mapper.label_space.roles])
     gt_instance = np.where(object_class[gt_voxels.classes[seen]], gt_voxels.instances[seen], 0)
@@ -150,18 +165,22 @@ def objects_scene(seed: int, num_frames: int, voxel_size_m: float, base=None, va
         t0 = time.perf_counter()
         objects = s.extract(mapper.map)
         extract_s = time.perf_counter() - t0
-        scores, unfiltered = {kind: [] for kind in GROUND_TRUTHS}, []
-        for T_world_cam, scored in held:
+        scores, unfiltered, in_range = {kind: [] for kind in GROUND_TRUTHS}, [], []
+        for T_world_cam, scored, r in held:
             rendered = s.render_ids(mapper.map, eval_intrinsics, T_world_cam)
             for kind, (gt, _) in scored.items():
                 if gt.any():
-                    scores[kind].append(view_scores(scored_segments(gt, rendered, min_pred_fraction=base.min_mask_area_fraction)[1], gt))
+                    pred = scored_segments(gt, rendered, min_pred_fraction=base.min_mask_area_fraction)[1]
+                    scores[kind].append(view_scores(pred, gt))
+                    if kind == "gt" and (gt * r).any():
+                        in_range.append(in_range_scores(pred, gt, r))
             gt = scored["gt"][0]
             if gt.any():
                 unfiltered.append(view_scores(scored_segments(gt, rendered, min_pred_fraction=MIN_GT_SEGMENT_FRACTION)[1], gt))
         for kind, values in scores.items():
             out["scores"][_scores_key(name, kind)] = np.mean(values, axis=0)
         out["scores"][f"{name}_unfiltered"] = np.mean(unfiltered, axis=0)
+        out["scores"][f"{name}_in_range"] = np.mean(in_range, axis=0)
         pred = s.object_ids(gt_voxels.indices[seen].astype(np.int64))
         recall = instance_recall(gt_instance, pred, MIN_INSTANCE_VOXELS)
         recall.pop("per_instance")
@@ -185,16 +204,20 @@ def objects_figures(seeds: list, num_frames: int, voxel_size_m: float, progress:
     names = ("masks", *VARIANTS, *EXTRACTION_VARIANTS)
     ablations = {name: {m: score(name, k) for k, m in enumerate(("iou", "bd", "sbd"))} for name in names}
     image_gt = {name: {m: score(_scores_key(name, "image_gt"), k) for k, m in enumerate(("iou", "bd", "sbd"))} for name in names}
+    in_range = {name: {m: score(f"{name}_in_range", k) for k, m in enumerate(("iou", "bd", "sbd"))} for name in names}
     detail = {"held_out_views": sum(s["held_out_views"] for s in scenes), "views_per_scene": [s["views"] for s in scenes],
               "eval_width_px": EVAL_WIDTH_PX, "min_gt_segment_fraction": MIN_GT_SEGMENT_FRACTION,
-              "ablations": ablations, "image_gt_ablations": image_gt, "per_seed": {s["seed"]: {n: list(map(float, v)) for n, v in s["scores"].items()}
+              "ablations": ablations, "image_gt_ablations": image_gt, "in_range_ablations": in_range,
+              "beyond_range_share": {s["seed"]: s["beyond_range_share"] for s in scenes}, "per_seed": {s["seed"]: {n: list(map(float, v)) for n, v in s["scores"].items()}
                                                   for s in scenes}}
     figures = []
     for k, metric in enumerate(("iou", "bd", "sbd")):
         figures.append(Figure(f"objects.{metric}", score("full", k), "fraction", seeds,
                               {**{name: score(name, k) for name in names if name != "full"},
                                "image_gt": score(_scores_key("full", "image_gt"), k),
-                               "masks_image_gt": score(_scores_key("masks", "image_gt"), k), **(detail if k == 0 else {})}))
+                               "masks_image_gt": score(_scores_key("masks", "image_gt"), k),
+                               "in_range": score("full_in_range", k), "masks_in_range": score("masks_in_range", k),
+                               **(detail if k == 0 else {})}))
     for k, metric in enumerate(("iou", "bd", "sbd")):
         figures.append(Figure(f"objects.masks_{metric}", score("masks", k), "fraction", seeds,
                               {"what": "single-view simulated SAM-like masks at the same held-out views",
