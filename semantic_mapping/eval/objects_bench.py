@@ -151,10 +151,11 @@ def objects_scene(seed: int, num_frames: int, voxel_size_m: float, base=None, va
     for kind in GROUND_TRUTHS:
         out["scores"][_scores_key("masks", kind)] = np.mean([view_scores(masks, gt) for _, scored, _ in held
                                                             for gt, masks in [scored[kind]] if gt.any()], axis=0)
-    out["scores"]["masks_in_range"] = np.mean([in_range_scores(masks, gt, r) for _, scored, r in held
-                                               for gt, masks in [scored["gt"]] if (gt * r).any()], axis=0)
+    out["scores"]["masks_in_range"] = np.mean([in_range_scores(masks, gt, in_range) for _, scored, in_range in held
+                                               for gt, masks in [scored["gt"]] if (gt * in_range).any()], axis=0)
     scored_px = sum(int((scored["gt"][0] > 0).sum()) for _, scored, _ in held)
-    out["beyond_range_share"] = sum(int(((scored["gt"][0] > 0) & ~r).sum()) for _, scored, r in held) / max(scored_px, 1)
+    out["beyond_range_share"] = sum(int(((scored["gt"][0] > 0) & ~in_range).sum())
+                                    for _, scored, in_range in held) / max(scored_px, 1)
     seen = visibility.seen
     object_class = np.array([r == "object" for r in mapper.label_space.roles])
     gt_instance = np.where(object_class[gt_voxels.classes[seen]], gt_voxels.instances[seen], 0)
@@ -165,22 +166,22 @@ def objects_scene(seed: int, num_frames: int, voxel_size_m: float, base=None, va
         t0 = time.perf_counter()
         objects = s.extract(mapper.map)
         extract_s = time.perf_counter() - t0
-        scores, unfiltered, in_range = {kind: [] for kind in GROUND_TRUTHS}, [], []
-        for T_world_cam, scored, r in held:
+        scores, unfiltered, scores_in_range = {kind: [] for kind in GROUND_TRUTHS}, [], []
+        for T_world_cam, scored, in_range in held:
             rendered = s.render_ids(mapper.map, eval_intrinsics, T_world_cam)
             for kind, (gt, _) in scored.items():
                 if gt.any():
                     pred = scored_segments(gt, rendered, min_pred_fraction=base.min_mask_area_fraction)[1]
                     scores[kind].append(view_scores(pred, gt))
-                    if kind == "gt" and (gt * r).any():
-                        in_range.append(in_range_scores(pred, gt, r))
+                    if kind == "gt" and (gt * in_range).any():
+                        scores_in_range.append(in_range_scores(pred, gt, in_range))
             gt = scored["gt"][0]
             if gt.any():
                 unfiltered.append(view_scores(scored_segments(gt, rendered, min_pred_fraction=MIN_GT_SEGMENT_FRACTION)[1], gt))
         for kind, values in scores.items():
             out["scores"][_scores_key(name, kind)] = np.mean(values, axis=0)
         out["scores"][f"{name}_unfiltered"] = np.mean(unfiltered, axis=0)
-        out["scores"][f"{name}_in_range"] = np.mean(in_range, axis=0)
+        out["scores"][f"{name}_in_range"] = np.mean(scores_in_range, axis=0)
         pred = s.object_ids(gt_voxels.indices[seen].astype(np.int64))
         recall = instance_recall(gt_instance, pred, MIN_INSTANCE_VOXELS)
         recall.pop("per_instance")
