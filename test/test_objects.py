@@ -295,6 +295,29 @@ def test_a_point_outside_the_objects_takes_the_nearest_neighbouring_object():
     assert slots.object_ids(coords).tolist() == [1, 1, 2, 1, 2, 0]
 
 
+def test_feature_gradients_are_the_same_on_every_run_with_several_threads():
+    # coarse cells gather many voxels, so their gradients sum many terms; on several CPU threads
+    # indexing's backward sums them in a varying order, index_select's in a fixed one
+    field = SlotField(ObjectsConfig(min_slots=4, feature_levels=3))
+    rng = np.random.default_rng(0)
+    voxels = rng.integers(0, 40, (20000, 3))
+    field.add_view(voxels, rng.integers(1, 3, len(voxels)), 0)
+    rows = torch.from_numpy(field.rows_of(voxels))
+    upstream = torch.randn(len(rows), field.config.feature_dim, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(10):
+            for t in field.levels:
+                t.features.grad = None
+            (field.voxel_features(rows) * upstream).sum().backward()
+            grads.append([t.features.grad.clone() for t in field.levels])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for g in grads[1:] for a, b in zip(grads[0], g))
+
+
 def test_slots_grow_with_the_masks_of_a_view():
     field = SlotField(ObjectsConfig(min_slots=4))
     voxels = np.stack([np.arange(50), np.zeros(50, int), np.zeros(50, int)], 1)

@@ -196,9 +196,9 @@ def objects_figures(seeds: list, num_frames: int, voxel_size_m: float, progress:
 
     import torch
 
-    # One torch thread, so that a rerun gives the same figures: with two, the fits' float sums come
-    # out differently from run to run, and the matching and the joins amplify that to about a point
-    # of IoU on a scene (development seed 22: 0.8068 and 0.8066 on two threads, 0.8079 twice on one).
+    # One torch thread: the fits are reproducible on any thread count, but their float sums, and so
+    # the figures, depend on it (the matching and the joins amplify a last-bit difference to a few
+    # tenths of a point of IoU on a scene); one thread is also the fastest here.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

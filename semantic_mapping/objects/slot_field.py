@@ -76,7 +76,7 @@ def slot_losses(mask_counts: torch.Tensor, slot_probs: torch.Tensor, slot_of_mas
     """Eq. 5 and 6, averaged over masks and pixels: (L_γ, L_FP) for masks [K, U] (pixel counts as in
     `soft_iou_affinity`), slot images [U, N] and the matching [K]."""
     counts = torch.ones(slot_probs.shape[0], device=slot_probs.device) if pixel_counts is None else pixel_counts
-    matched = slot_probs[:, slot_of_mask].T  # [K, U] O_γ(m)
+    matched = slot_probs.index_select(1, slot_of_mask).T  # [K, U] O_γ(m)
     # Σ_p (M - O)^2 = Σ_u (A - 2 A O + c O^2) for binary M, A pixels of the mask and c pixels of the row
     loss_match = (mask_counts - 2.0 * mask_counts * matched + counts[None, :] * matched**2).sum(1)
     # Σ_p Σ_{n≠γ(m)} (M O_n)^2 = Σ_u A (Σ_n O_n^2 - O_γ^2)
@@ -139,8 +139,8 @@ class _FeatureTable:
         pairs = self.tv_pairs
         if len(pairs) > _TV_PAIRS_PER_STEP:
             pairs = pairs[torch.randint(len(pairs), (_TV_PAIRS_PER_STEP,), generator=gen).to(pairs.device)]
-        a, b = pairs[:, 0], pairs[:, 1]
-        return ((self.features[a] - self.features[b]) ** 2).sum(dim=1).mean()
+        a, b = (self.features.index_select(0, pairs[:, k].contiguous()) for k in (0, 1))  # [E, F] each
+        return ((a - b) ** 2).sum(dim=1).mean()
 
 
 class SlotField:
@@ -204,9 +204,11 @@ class SlotField:
         return self.rows_of(idx)
 
     def voxel_features(self, rows: torch.Tensor) -> torch.Tensor:  # [P, F]
-        """Feature of field rows [P]: the sum over levels of their cells' features."""
+        """Feature of field rows [P]: the sum over levels of their cells' features. Gathered with
+        index_select: its backward sums repeated rows in a fixed order, where indexing's backward
+        (index_put_ with accumulate) on several CPU threads gives run-to-run different sums."""
         level_rows = torch.from_numpy(self._level_rows).to(self.device)[rows]  # [P, L]
-        return sum(t.features[level_rows[:, level]] for level, t in enumerate(self.levels))
+        return sum(t.features.index_select(0, level_rows[:, level].contiguous()) for level, t in enumerate(self.levels))
 
     def _grow_slots(self, num_slots: int) -> None:
         """More output slots; existing slots keep their probabilities' ranking, new ones start unlikely."""
