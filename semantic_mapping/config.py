@@ -121,7 +121,10 @@ class VotingConfig:
     visibility: bool = True
     """Use a view for a voxel only if the fused TSDF shows no surface between them (GNeSF §4.2)."""
     vote_weight: float = 2.0
-    """Exponent of a vote when it multiplies a voxel's distribution (a frame's pixels have 1)."""
+    """Exponent of a vote when it multiplies a voxel's distribution (a frame's pixels have 1). Checked
+    with the shipped weights on development seeds 33-36, 87, 88, 93 (300 frames; Bayesian 0.6900 mean
+    3D mIoU): 0.001 / 1 / 2 / 5 / 10 gave 0.7266 / 0.7304 / 0.7289 / 0.7233 / 0.7193. The votes add
+    0.2-0.4 points over the geometry prior alone, and weigh less than the frames' own pixels."""
     max_voxels_per_frame: int = 0
     """Voxels voted per integrated frame at most (the rest wait, oldest first); 0: all voxels a new
     keyframe sees are voted when it arrives. A live node bounds it to keep its input rate."""
