@@ -46,6 +46,10 @@ EXTRACTION_VARIANTS = {"no_votes": {"mask_votes": False}, "no_join": {"join_shar
                        "no_class_groups": {"unmasked_class_share": 0.0}, "join_across_roles": {"join_across_roles": True},
                        "join_any_classes": {"join_class_overlap": 0.0}}
 """Ablations of the extraction alone: objects read out of the full method's fitted field."""
+FIT_THREADS = 1
+"""Torch threads of the fits: they are reproducible on any thread count, but their float sums, and so
+the figures, depend on it (the matching and the joins amplify a last-bit difference to a few tenths of
+a point of IoU on a scene); one thread is also the fastest here."""
 GROUND_TRUTHS = {"gt": False, "image_gt": True}
 """Scored ground truths: `ground_truth_segments(image_components=...)`; "gt" gives the figures."""
 
@@ -196,11 +200,8 @@ def objects_figures(seeds: list, num_frames: int, voxel_size_m: float, progress:
 
     import torch
 
-    # One torch thread: the fits are reproducible on any thread count, but their float sums, and so
-    # the figures, depend on it (the matching and the joins amplify a last-bit difference to a few
-    # tenths of a point of IoU on a scene); one thread is also the fastest here.
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(FIT_THREADS)
     try:
         scenes = [objects_scene(seed, num_frames, voxel_size_m, progress=progress) for seed in seeds]
     finally:
@@ -216,7 +217,7 @@ def objects_figures(seeds: list, num_frames: int, voxel_size_m: float, progress:
     ablations = {name: {m: score(name, k) for k, m in enumerate(("iou", "bd", "sbd"))} for name in names}
     image_gt = {name: {m: score(_scores_key(name, "image_gt"), k) for k, m in enumerate(("iou", "bd", "sbd"))} for name in names}
     in_range = {name: {m: score(f"{name}_in_range", k) for k, m in enumerate(("iou", "bd", "sbd"))} for name in names}
-    detail = {"held_out_views": sum(s["held_out_views"] for s in scenes), "torch_threads": 1, "views_per_scene": [s["views"] for s in scenes],
+    detail = {"held_out_views": sum(s["held_out_views"] for s in scenes), "torch_threads": FIT_THREADS, "views_per_scene": [s["views"] for s in scenes],
               "eval_width_px": EVAL_WIDTH_PX, "min_gt_segment_fraction": MIN_GT_SEGMENT_FRACTION,
               "ablations": ablations, "image_gt_ablations": image_gt, "in_range_ablations": in_range,
               "beyond_range_share": {s["seed"]: s["beyond_range_share"] for s in scenes}, "per_seed": {s["seed"]: {n: list(map(float, v)) for n, v in s["scores"].items()}
