@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from semantic_mapping.eval.completion_bench import geometry_scores, surface_voxels
+from semantic_mapping.eval.completion_bench import chunk_geometry_counts, geometry_scores, surface_voxels
 
 
 def _plane_tsdf(height_voxels: float, shape=(8, 8, 12), trunc_voxels: float = 4.0) -> np.ndarray:  # [X, Y, Z]
@@ -35,3 +35,17 @@ def test_geometry_scores_count_voxels():
     assert geometry_scores(np.array([tp, fp, fn])) == {"iou": 0.0, "precision": 0.0, "recall": 0.0}
     half = geometry_scores(np.array([32, 32, 0]))
     assert half["precision"] == 0.5 and half["recall"] == 1.0 and half["iou"] == 0.5
+
+
+def test_chunk_counts_score_the_prediction_inside_the_hole_only_there():
+    complete = _plane_tsdf(5.3)
+    known = np.ones(complete.shape, bool)
+    observed = known.copy()
+    observed[:4] = False  # a hole over half the plane
+    exact = chunk_geometry_counts(complete, known, complete, observed, complete)
+    assert exact["raw"].tolist() == [32, 0, 32]  # the observed half, nothing in the hole
+    assert exact["completed"].tolist() == [64, 0, 0]
+    assert exact["completed_in_holes"].tolist() == [32, 0, 0]
+    shifted = chunk_geometry_counts(complete, known, complete, observed, _plane_tsdf(7.3))
+    assert shifted["completed_in_holes"].tolist() == [0, 32, 32]
+    assert shifted["raw"].tolist() == exact["raw"].tolist()

@@ -10,9 +10,11 @@ the completion network reads it. Per map chunk, in the same run:
 Geometry: a voxel is surface when its TSDF changes sign towards a 6-neighbour and it is the nearer
 of the two to zero (one voxel thick). Ground truth is the complete scan's surface; voxels the
 complete scan never observed are not scored (nobody knows what is there). IoU, precision and
-recall count voxels. Semantics: the ground-truth mesh's surface voxels seen by some frame of the
-recording, each scored against the map's label (observed label where the incomplete scan has one,
-then the network's label for the completed map); an unlabelled voxel counts as wrong.
+recall count voxels; the figures' detail also scores the completed surface inside the holes alone
+(voxels the complete scan observed and the incomplete one did not). Semantics: the ground-truth
+mesh's surface voxels seen by some frame of the recording, each scored against the map's label
+(observed label where the incomplete scan has one, then the network's label for the completed map);
+an unlabelled voxel counts as wrong.
 """
 
 from __future__ import annotations
@@ -44,6 +46,23 @@ def surface_voxels(tsdf: np.ndarray, known: np.ndarray) -> np.ndarray:  # [X, Y,
 
 def _counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:  # [3] int64: TP, FP, FN
     return np.array([np.sum(pred & gt), np.sum(pred & ~gt), np.sum(~pred & gt)], np.int64)
+
+
+def chunk_geometry_counts(
+    complete_tsdf: np.ndarray,  # [X, Y, Z] the complete scan
+    complete_known: np.ndarray,  # [X, Y, Z] bool
+    raw_tsdf: np.ndarray,  # [X, Y, Z] the incomplete scan
+    observed: np.ndarray,  # [X, Y, Z] bool: known in the incomplete scan
+    predicted_tsdf: np.ndarray,  # [X, Y, Z] the network's TSDF
+) -> dict:  # name -> [3] int64 TP, FP, FN
+    """Surface counts of one chunk against the complete scan's surface, where it is known: the raw
+    scan, the completed one (observed voxels kept, the prediction elsewhere) and the completed one
+    inside the holes alone."""
+    truth = surface_voxels(complete_tsdf, complete_known)
+    completed = surface_voxels(np.where(observed, raw_tsdf, predicted_tsdf), np.ones_like(observed)) & complete_known
+    return {"raw": _counts(surface_voxels(raw_tsdf, observed) & complete_known, truth),
+            "completed": _counts(completed, truth),
+            "completed_in_holes": _counts(completed & ~observed, truth & ~observed)}
 
 
 def geometry_scores(counts: np.ndarray) -> dict:
@@ -79,7 +98,7 @@ def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan:
     chunks = np.unique(np.floor_divide(blocks * voxel_map.block_resolution, chunk_shape), axis=0)
     gt_chunk = np.floor_divide(gt_voxels, chunk_shape)
     C, ignore_id = mapper.label_space.num_classes, mapper.label_space.ignore_id
-    counts = {"raw": np.zeros(3, np.int64), "completed": np.zeros(3, np.int64)}
+    counts = {name: np.zeros(3, np.int64) for name in ("raw", "completed", "completed_in_holes")}
     confusion = {"raw": np.zeros((C, C + 1), np.int64), "completed": np.zeros((C, C + 1), np.int64)}
     chunk_s, masked_share = [], []
     for chunk in tqdm(chunks, desc=f"complete scene {seed}", unit="chunk", file=sys.stderr, disable=not progress):
@@ -92,10 +111,8 @@ def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan:
         gt_known = gt["weight"] > 0
         observed = raw["weight"] > 0
         masked_share.append(float(np.sum(gt_known & ~observed)) / max(int(gt_known.sum()), 1))
-        gt_surface = surface_voxels(gt["tsdf"], gt_known)
-        completed_tsdf = np.where(observed, raw["tsdf"], prediction["tsdf"])
-        counts["raw"] += _counts(surface_voxels(raw["tsdf"], observed) & gt_known, gt_surface)
-        counts["completed"] += _counts(surface_voxels(completed_tsdf, np.ones_like(observed)) & gt_known, gt_surface)
+        for name, value in chunk_geometry_counts(gt["tsdf"], gt_known, raw["tsdf"], observed, prediction["tsdf"]).items():
+            counts[name] += value
 
         here = np.all(gt_chunk == chunk, axis=1)
         local = tuple((gt_voxels[here] - origin).T)
@@ -125,11 +142,11 @@ def completion_figures(seeds: list, num_frames: int, voxel_size_m: float, progre
                             voxel_size_m)
     scan = IncompleteScanConfig(keep_view_fraction=1.0, cube_probability=0.2)
     scenes = [completion_scene(seed, num_frames, voxel_size_m, net, scan, progress=progress) for seed in seeds]
-    geo = {name: geometry_scores(sum(s["counts"][name] for s in scenes)) for name in ("raw", "completed")}
+    geo = {name: geometry_scores(sum(s["counts"][name] for s in scenes)) for name in scenes[0]["counts"]}
     ssc = {name: SegmentationScores.from_confusion(sum(s["confusion"][name] for s in scenes)).miou
            for name in ("raw", "completed")}
     chunk_ms = 1000 * np.array([t for s in scenes for t in s["chunk_s"]])
-    detail = {"raw": geo["raw"], "completed": geo["completed"], "ssc_miou_raw": ssc["raw"],
+    detail = {**geo, "ssc_miou_raw": ssc["raw"],
               "ssc_miou_completed": ssc["completed"], "masked_share_of_known_voxels": float(np.mean([s["masked_share"] for s in scenes])),
               "chunks": int(sum(s["chunks"] for s in scenes)), "weights": path.name,
               "holes": "cubes 1.0/0.5/0.2 m, p = 0.2 each"}
