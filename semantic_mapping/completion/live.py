@@ -135,6 +135,12 @@ class PredictionStore:
             self._changed()
 
 
+def stored_voxels(prediction: dict) -> np.ndarray:  # [X, Y, Z] bool
+    """The voxels of a chunk's prediction (`complete_chunk` arrays) that the map keeps: unobserved and
+    near the predicted surface (|tsdf| below NEAR_SURFACE_TSDF)."""
+    return (np.abs(prediction["tsdf"]) < NEAR_SURFACE_TSDF) & ~prediction["observed"]
+
+
 def load_live_network(config: CompletionConfig, num_classes: int, voxel_size_m: float) -> CompletionNetwork:
     """The configured (or shipped) network on the configured device; CompletionWeightsError when the
     weights are missing or broken, or were trained for another voxel size than the map's."""
@@ -241,7 +247,7 @@ class LiveCompletion:
                 return self._map.read_region(origin_index, shape)
 
         result = complete_chunk(self.net, self._map, chunk, self.config.context_voxels, read=read)
-        near = (np.abs(result["tsdf"]) < NEAR_SURFACE_TSDF) & ~result["observed"]  # [X, Y, Z]
+        near = stored_voxels(result)
         arrays = {"keys": pack_indices(np.argwhere(near) + result["origin_index"]), "tsdf": result["tsdf"][near],
                   "colors": result["color"][near], "labels": result["labels"][near],
                   "confidence": result["label_probability"][near]}

@@ -5,7 +5,10 @@ with cube-shaped holes (SSR-2D §4.2: 1.0 / 0.5 / 0.2 m cubes, p = 0.2 each, see
 the completion network reads it. Per map chunk, in the same run:
 
 - raw:       the incomplete scan as it is;
-- completed: observed voxels of the incomplete scan, the network's TSDF everywhere else.
+- completed: what the map outputs: the observed voxels of the incomplete scan, and where nothing was
+             observed the predicted voxels the map keeps (near the predicted surface) whose label
+             probability is at least `completion.min_confidence`; other voxels are unknown;
+- completed with every prediction (in the figures' detail): the threshold at 0.
 
 Geometry: a voxel is surface when its TSDF changes sign towards a 6-neighbour and it is the nearer
 of the two to zero (one voxel thick). Ground truth is the complete scan's surface; voxels the
@@ -27,6 +30,7 @@ import numpy as np
 
 from semantic_mapping.completion.data import IncompleteScanConfig, masked_input
 from semantic_mapping.completion.infer import complete_chunk
+from semantic_mapping.completion.live import stored_voxels
 
 
 def surface_voxels(tsdf: np.ndarray, known: np.ndarray) -> np.ndarray:  # [X, Y, Z] bool
@@ -54,12 +58,13 @@ def chunk_geometry_counts(
     raw_tsdf: np.ndarray,  # [X, Y, Z] the incomplete scan
     observed: np.ndarray,  # [X, Y, Z] bool: known in the incomplete scan
     predicted_tsdf: np.ndarray,  # [X, Y, Z] the network's TSDF
+    predicted_kept: np.ndarray,  # [X, Y, Z] bool: unobserved voxels whose prediction the map outputs
 ) -> dict:  # name -> [3] int64 TP, FP, FN
     """Surface counts of one chunk against the complete scan's surface, where it is known: the raw
-    scan, the completed one (observed voxels kept, the prediction elsewhere) and the completed one
-    inside the holes alone."""
+    scan, the completed one (observed voxels and the kept predictions; the rest unknown) and the
+    completed one inside the holes alone."""
     truth = surface_voxels(complete_tsdf, complete_known)
-    completed = surface_voxels(np.where(observed, raw_tsdf, predicted_tsdf), np.ones_like(observed)) & complete_known
+    completed = surface_voxels(np.where(observed, raw_tsdf, predicted_tsdf), observed | predicted_kept) & complete_known
     return {"raw": _counts(surface_voxels(raw_tsdf, observed) & complete_known, truth),
             "completed": _counts(completed, truth),
             "completed_in_holes": _counts(completed & ~observed, truth & ~observed)}
@@ -72,8 +77,9 @@ def geometry_scores(counts: np.ndarray) -> dict:
 
 
 def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan: IncompleteScanConfig,
-                     context_voxels: int = 8, progress: bool = True) -> dict:
-    """Fuse scene `seed`, cut the holes, complete every chunk; geometry counts, semantic confusions, timings."""
+                     min_confidence: float, context_voxels: int = 8, progress: bool = True) -> dict:
+    """Fuse scene `seed`, cut the holes, complete every chunk; geometry counts, semantic confusions,
+    timings. Predictions with a label probability under `min_confidence` are left out as the map does."""
     from tqdm import tqdm
 
     from semantic_mapping.completion.data import fuse_frames
@@ -98,8 +104,9 @@ def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan:
     chunks = np.unique(np.floor_divide(blocks * voxel_map.block_resolution, chunk_shape), axis=0)
     gt_chunk = np.floor_divide(gt_voxels, chunk_shape)
     C, ignore_id = mapper.label_space.num_classes, mapper.label_space.ignore_id
-    counts = {name: np.zeros(3, np.int64) for name in ("raw", "completed", "completed_in_holes")}
-    confusion = {"raw": np.zeros((C, C + 1), np.int64), "completed": np.zeros((C, C + 1), np.int64)}
+    counts = {name: np.zeros(3, np.int64)
+              for name in ("raw", "completed", "completed_in_holes", "completed_every_prediction")}
+    confusion = {name: np.zeros((C, C + 1), np.int64) for name in ("raw", "completed", "completed_every_prediction")}
     chunk_s, masked_share = [], []
     for chunk in tqdm(chunks, desc=f"complete scene {seed}", unit="chunk", file=sys.stderr, disable=not progress):
         gt = voxel_map.read_chunk(chunk)
@@ -111,16 +118,24 @@ def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan:
         gt_known = gt["weight"] > 0
         observed = raw["weight"] > 0
         masked_share.append(float(np.sum(gt_known & ~observed)) / max(int(gt_known.sum()), 1))
-        for name, value in chunk_geometry_counts(gt["tsdf"], gt_known, raw["tsdf"], observed, prediction["tsdf"]).items():
+        stored = stored_voxels(prediction)
+        kept = stored & (prediction["label_probability"] >= min_confidence)
+        for name, value in chunk_geometry_counts(gt["tsdf"], gt_known, raw["tsdf"], observed, prediction["tsdf"],
+                                                 kept).items():
             counts[name] += value
+        counts["completed_every_prediction"] += chunk_geometry_counts(
+            gt["tsdf"], gt_known, raw["tsdf"], observed, prediction["tsdf"], stored)["completed"]
 
         here = np.all(gt_chunk == chunk, axis=1)
         local = tuple((gt_voxels[here] - origin).T)
         labelled = observed[local] & (gt["semantic_count"][local] > 0)
         observed_label = np.where(labelled, gt["log_probs"][local].argmax(-1), -1)
         confusion["raw"] += confusion_matrix(observed_label, gt_classes[here], C, ignore_id)
-        confusion["completed"] += confusion_matrix(np.where(labelled, observed_label, prediction["labels"][local]),
-                                                   gt_classes[here], C, ignore_id)
+        predicted_label = prediction["labels"][local]
+        confusion["completed"] += confusion_matrix(
+            np.where(labelled, observed_label, np.where(kept[local], predicted_label, -1)), gt_classes[here], C, ignore_id)
+        confusion["completed_every_prediction"] += confusion_matrix(
+            np.where(labelled, observed_label, np.where(stored[local], predicted_label, -1)), gt_classes[here], C, ignore_id)
     return {"seed": seed, "chunks": len(chunks), "counts": counts, "confusion": confusion,
             "chunk_s": chunk_s, "masked_share": float(np.mean(masked_share))}
 
@@ -141,13 +156,16 @@ def completion_figures(seeds: list, num_frames: int, voxel_size_m: float, progre
     net = load_live_network(CompletionConfig(weights=str(path), device=device), default_label_space().num_classes,
                             voxel_size_m)
     scan = IncompleteScanConfig(keep_view_fraction=1.0, cube_probability=0.2)
-    scenes = [completion_scene(seed, num_frames, voxel_size_m, net, scan, progress=progress) for seed in seeds]
+    min_confidence = CompletionConfig().min_confidence
+    scenes = [completion_scene(seed, num_frames, voxel_size_m, net, scan, min_confidence, progress=progress)
+              for seed in seeds]
     geo = {name: geometry_scores(sum(s["counts"][name] for s in scenes)) for name in scenes[0]["counts"]}
     ssc = {name: SegmentationScores.from_confusion(sum(s["confusion"][name] for s in scenes)).miou
-           for name in ("raw", "completed")}
+           for name in scenes[0]["confusion"]}
     chunk_ms = 1000 * np.array([t for s in scenes for t in s["chunk_s"]])
-    detail = {**geo, "ssc_miou_raw": ssc["raw"],
-              "ssc_miou_completed": ssc["completed"], "masked_share_of_known_voxels": float(np.mean([s["masked_share"] for s in scenes])),
+    detail = {**geo, "min_confidence": min_confidence, "ssc_miou_raw": ssc["raw"], "ssc_miou_completed": ssc["completed"],
+              "ssc_miou_completed_every_prediction": ssc["completed_every_prediction"],
+              "masked_share_of_known_voxels": float(np.mean([s["masked_share"] for s in scenes])),
               "chunks": int(sum(s["chunks"] for s in scenes)), "weights": path.name,
               "holes": "cubes 1.0/0.5/0.2 m, p = 0.2 each"}
     points = lambda name: 100 * (geo["completed"][name] - geo["raw"][name])  # noqa: E731
