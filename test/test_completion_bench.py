@@ -42,17 +42,18 @@ def test_chunk_counts_score_the_prediction_inside_the_hole_only_where_the_map_ke
     known = np.ones(complete.shape, bool)
     observed = known.copy()
     observed[:4] = False  # a hole over half the plane
-    exact = chunk_geometry_counts(complete, known, complete, observed, complete, ~observed)
+    exact = chunk_geometry_counts(complete, known, complete, observed, complete, ~observed, ~observed)
     assert exact["raw"].tolist() == [32, 0, 32]  # the observed half, nothing in the hole
     assert exact["completed"].tolist() == [64, 0, 0]
     assert exact["completed_in_holes"].tolist() == [32, 0, 0]
-    shifted = chunk_geometry_counts(complete, known, complete, observed, _plane_tsdf(7.3), ~observed)
+    shifted = chunk_geometry_counts(complete, known, complete, observed, _plane_tsdf(7.3), ~observed, ~observed)
     assert shifted["completed_in_holes"].tolist() == [0, 32, 32]
     assert shifted["raw"].tolist() == exact["raw"].tolist()
     half_kept = ~observed
     half_kept[:2] = False  # predictions the map leaves out (under completion.min_confidence)
-    partly = chunk_geometry_counts(complete, known, complete, observed, complete, half_kept)
+    partly = chunk_geometry_counts(complete, known, complete, observed, complete, ~observed, half_kept)
     assert partly["completed_in_holes"].tolist() == [16, 0, 16]
+    assert partly["completed_every_prediction"].tolist() == exact["completed"].tolist()
 
 
 def test_predictions_the_map_leaves_out_make_no_surface_against_observed_voxels():
@@ -61,7 +62,8 @@ def test_predictions_the_map_leaves_out_make_no_surface_against_observed_voxels(
     observed = known.copy()
     observed[:4] = False
     solid = np.full(complete.shape, -1.0, np.float32)  # a prediction that fills the hole
-    kept = chunk_geometry_counts(complete, known, complete, observed, solid, ~observed)
+    kept = chunk_geometry_counts(complete, known, complete, observed, solid, ~observed, ~observed)
     assert kept["completed"][1] > 0  # its top meets the observed free space: a false surface
-    left_out = chunk_geometry_counts(complete, known, complete, observed, solid, np.zeros(complete.shape, bool))
+    left_out = chunk_geometry_counts(complete, known, complete, observed, solid, ~observed, np.zeros(complete.shape, bool))
     assert left_out["completed"].tolist() == left_out["raw"].tolist()
+    assert left_out["completed_every_prediction"].tolist() == kept["completed"].tolist()

@@ -58,16 +58,20 @@ def chunk_geometry_counts(
     raw_tsdf: np.ndarray,  # [X, Y, Z] the incomplete scan
     observed: np.ndarray,  # [X, Y, Z] bool: known in the incomplete scan
     predicted_tsdf: np.ndarray,  # [X, Y, Z] the network's TSDF
-    predicted_kept: np.ndarray,  # [X, Y, Z] bool: unobserved voxels whose prediction the map outputs
+    predicted_stored: np.ndarray,  # [X, Y, Z] bool: unobserved voxels whose prediction the map stores
+    predicted_kept: np.ndarray,  # [X, Y, Z] bool: those of them it outputs (confident enough)
 ) -> dict:  # name -> [3] int64 TP, FP, FN
     """Surface counts of one chunk against the complete scan's surface, where it is known: the raw
-    scan, the completed one (observed voxels and the kept predictions; the rest unknown) and the
-    completed one inside the holes alone."""
+    scan, the completed one (observed voxels and the kept predictions; the rest unknown), the
+    completed one inside the holes alone, and the completed one with every stored prediction."""
     truth = surface_voxels(complete_tsdf, complete_known)
-    completed = surface_voxels(np.where(observed, raw_tsdf, predicted_tsdf), observed | predicted_kept) & complete_known
+    tsdf = np.where(observed, raw_tsdf, predicted_tsdf)
+    completed = surface_voxels(tsdf, observed | predicted_kept) & complete_known
+    every = surface_voxels(tsdf, observed | predicted_stored) & complete_known
     return {"raw": _counts(surface_voxels(raw_tsdf, observed) & complete_known, truth),
             "completed": _counts(completed, truth),
-            "completed_in_holes": _counts(completed & ~observed, truth & ~observed)}
+            "completed_in_holes": _counts(completed & ~observed, truth & ~observed),
+            "completed_every_prediction": _counts(every, truth)}
 
 
 def geometry_scores(counts: np.ndarray) -> dict:
@@ -121,10 +125,8 @@ def completion_scene(seed: int, num_frames: int, voxel_size_m: float, net, scan:
         stored = stored_voxels(prediction)
         kept = stored & (prediction["label_probability"] >= min_confidence)
         for name, value in chunk_geometry_counts(gt["tsdf"], gt_known, raw["tsdf"], observed, prediction["tsdf"],
-                                                 kept).items():
+                                                 stored, kept).items():
             counts[name] += value
-        counts["completed_every_prediction"] += chunk_geometry_counts(
-            gt["tsdf"], gt_known, raw["tsdf"], observed, prediction["tsdf"], stored)["completed"]
 
         here = np.all(gt_chunk == chunk, axis=1)
         local = tuple((gt_voxels[here] - origin).T)
