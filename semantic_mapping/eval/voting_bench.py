@@ -1,8 +1,10 @@
 """Soft-voting figures of `semantic-mapping bench`: learned voting against Bayesian fusion in the same run.
 
-Each benchmark scene is simulated once and every frame goes to all variants (the Bayesian
-baseline, learned voting, our geometry prior left out, and the ablations of GNeSF Table 4: equal
-view weights, no visibility test, votes over logits), then each map is scored like `fusion.miou_3d`. The harder noise setting
+Each benchmark scene is simulated once and every frame goes to all variants (the baseline: Bayesian
+fusion with labels read per voxel; learned voting, with labels read in their surface context; voting
+without that context; Bayesian fusion with it; our geometry prior left out; and the ablations of GNeSF
+Table 4: equal view weights, no visibility test, votes over logits), then each map is scored like
+`fusion.miou_3d`. The harder noise setting
 lowers the simulated segmenter's 2D mIoU (`HARD_NOISE`); no weights were trained on it.
 """
 
@@ -19,15 +21,19 @@ HARD_NOISE = {"target_miou": 0.50, "frame_miou_jitter": 0.08}
 LOGITS_WEIGHTS = Path(__file__).resolve().parent.parent / "semantics" / "weights" / "voting_logits.pt"
 """The ablation's network, trained by `semantic-mapping train-voting --vote-space logits`."""
 
+PLAIN = {"context_iterations": 0}
+"""Labels read from each voxel's own distribution, without the surface context (`semantics.context`)."""
 VARIANTS = {
-    "bayesian": {"semantics": {"method": "bayesian"}},
+    "bayesian": {"semantics": {"method": "bayesian", **PLAIN}},
     "voting": {"semantics": {"method": "voting"}},
+    "voting_no_context": {"semantics": {"method": "voting", **PLAIN}},
+    "bayesian_context": {"semantics": {"method": "bayesian"}},
     "voting_no_prior": {"semantics": {"method": "voting"}, "voting": {"geometry_prior": False}},
     "voting_equal_weights": {"semantics": {"method": "voting"}, "voting": {"learned": False}},
     "voting_no_visibility": {"semantics": {"method": "voting"}, "voting": {"visibility": False}},
     "voting_logits": {"semantics": {"method": "voting"}, "voting": {"weights": str(LOGITS_WEIGHTS)}},
 }
-HARD_NOISE_VARIANTS = ("bayesian", "voting")
+HARD_NOISE_VARIANTS = ("bayesian", "voting", "bayesian_context")
 
 
 def _mapper(variant: str, voxel_size_m: float):
@@ -77,6 +83,10 @@ def voting_scene(seed: int, num_frames: int, variants, voxel_size_m: float, hard
                              vote_seconds=stats.vote_seconds, voxels_per_s=stats.voxels_per_s,
                              voxels_per_keyframe=stats.voxels_voted / max(stats.keyframes, 1),
                              prior_ms_per_frame=1000 * stats.prior_seconds / len(recording))
+        context = mapper.map.context
+        if context is not None and context.refreshes:
+            out[name].update(context_ms=1000 * context.seconds / context.refreshes,
+                             context_voxels=len(mapper.map.semantic_voxels()[0]))
     return out
 
 
@@ -106,6 +116,7 @@ def voting_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: 
                 "input_miou_2d": float(np.mean([s["input_miou_2d"] for s in normal.values()]))}),
         Figure("voting.gain_vs_bayesian_hard_noise", 100 * (mean(hard, "voting") - mean(hard, "bayesian")), "points",
                seeds, {"bayesian_miou_3d": mean(hard, "bayesian"), "voting_miou_3d": mean(hard, "voting"),
+                       "bayesian_context_miou_3d": mean(hard, "bayesian_context"),
                        "voting_per_seed": per_seed(hard, "voting"), "bayesian_per_seed": per_seed(hard, "bayesian"),
                        "input_miou_2d": float(np.mean([s["input_miou_2d"] for s in hard.values()])),
                        "segmenter": HARD_NOISE}),
@@ -113,7 +124,9 @@ def voting_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: 
                {"voxels_voted": voted, "vote_seconds": seconds, "device": "cpu",
                 "keyframes": sum(s["voting"]["keyframes"] for s in normal.values()),
                 "voxels_per_keyframe": float(np.mean([s["voting"]["voxels_per_keyframe"] for s in normal.values()])),
-                "prior_ms_per_frame": float(np.mean([s["voting"]["prior_ms_per_frame"] for s in normal.values()]))}),
+                "prior_ms_per_frame": float(np.mean([s["voting"]["prior_ms_per_frame"] for s in normal.values()])),
+                "context_ms_per_map": float(np.mean([s["voting"]["context_ms"] for s in normal.values()])),
+                "context_voxels_per_map": float(np.mean([s["voting"]["context_voxels"] for s in normal.values()]))}),
     ]
 
 

@@ -31,8 +31,8 @@ from semantic_mapping.semantics.bayesian import (
     aggregate_by_voxel,
     bayesian_update,
     class_probabilities,
-    decode_distribution,
 )
+from semantic_mapping.semantics.context import SpatialContext, surface_normals
 from semantic_mapping.types import CameraIntrinsics, RenderedView
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class VoxelMap:
         self.generation = 0  # bumps when the map is replaced (reset, load): consumers start over
         self.version = 0  # bumps on every change; blocks remember the version that last changed them
         self._block_versions: dict = {}  # packed block coordinate -> version of its last change
+        self.context = SpatialContext(self.semantics_config) if self.semantics_config.context_iterations > 0 else None
         self.reset()
         self._rays_cache: dict = {}
         self._samples_cache: dict = {}
@@ -430,6 +431,7 @@ class VoxelMap:
     def voxel_values(self, voxel_indices: np.ndarray, with_probs: bool = False) -> dict:
         """Per-voxel tsdf (metres), weight, colour, label, confidence, semantic count at integer indices [N, 3];
         with `with_probs`, also the class distribution ("class_probs" [N, C], zeros where never labelled).
+        Labels, confidence and class_probs are read as `_label_probs` reads them (with the surface context).
 
         Unallocated voxels get weight 0 and label -1.
         """
@@ -451,7 +453,7 @@ class VoxelMap:
             out["weight"][found] = self._flat("weight")[f, 0].to(torch.int32).cpu().numpy()
             out["colors"][found] = self._flat("color")[f].to(torch.int32).clamp(0, 255).cpu().numpy()
             counts = self._flat("semantic_count")[f, 0].to(torch.int32)
-            probs = class_probabilities(self._flat("semantic")[f])  # [F, C]
+            probs = self._label_probs(f)  # [F, C]
             conf, labels = probs.max(dim=1)
             if with_probs:
                 out["class_probs"][found] = (probs * (counts > 0)[:, None]).cpu().numpy()
@@ -460,6 +462,40 @@ class VoxelMap:
             out["confidence"][found] = torch.where(counts > 0, conf, torch.zeros_like(conf)).cpu().numpy()
             out["semantic_count"][found] = counts.cpu().numpy()
         return out
+
+    def _label_probs(self, flat: torch.Tensor) -> torch.Tensor:  # [F, C] float32
+        """Label distributions of flat voxels [F]: the stored distribution, or with `semantics.context_*`
+        the distribution read with its surface neighbourhood (`semantics.context`)."""
+        probs = class_probabilities(self._flat("semantic")[flat])
+        if self.context is not None and len(flat):
+            found, log_probs = self.context.log_probs(self, pack_indices(self._flat_to_indices(flat.cpu().numpy())))
+            probs[torch.from_numpy(found).to(probs.device)] = torch.from_numpy(np.exp(log_probs)).to(probs.device)
+        return probs
+
+    def _flat_to_indices(self, flat: np.ndarray) -> np.ndarray:  # [F, 3] int64
+        """Integer voxel indices of flat storage indices [F] (the inverse of `lookup`)."""
+        R = self.block_resolution
+        buf, local = np.divmod(np.asarray(flat, np.int64), R**3)
+        block = self._grid.hashmap().key_tensor()[o3c.Tensor(buf).to(self._o3d_device)].cpu().numpy().astype(np.int64)  # [F, 3]
+        return block * R + np.stack([local % R, (local // R) % R, local // R**2], axis=1)
+
+    def semantic_voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every voxel with semantics: (integer indices [N, 3], stored log-probabilities [N, C] float32
+        relative to the best class, unit TSDF normals [N, 3] towards free space, `context.surface_normals`)."""
+        hashmap = self._grid.hashmap()
+        if self.num_blocks == 0:
+            return np.zeros((0, 3), np.int64), np.zeros((0, self.num_classes), np.float32), np.zeros((0, 3))
+        R3 = self.block_resolution**3
+        buf = from_dlpack(hashmap.active_buf_indices().to(o3c.int64).to_dlpack()).cpu()  # [B]
+        flat = (buf[:, None] * R3 + torch.arange(R3)).reshape(-1)  # [B * R^3]
+        count = self._flat("semantic_count")
+        flat = flat[(count[flat.to(count.device), 0] > 0).cpu()]
+        indices = self._flat_to_indices(flat.numpy())
+        log_probs = (self._flat("semantic")[flat.to(count.device)].float() / LOG_PROB_SCALE).cpu().numpy()
+        steps = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+        sdf = np.stack([self.observed_sdf(indices + step) for step in steps], axis=1)  # [N, 7], NaN unobserved
+        known = ~np.isnan(sdf)
+        return indices, log_probs, surface_normals(np.where(known, sdf, 0.0), known)
 
     def surface_points(self) -> tuple[np.ndarray, np.ndarray]:
         """Zero crossings of the TSDF where observed: (points [N, 3] float32 metres, normals [N, 3])."""
@@ -536,8 +572,10 @@ class VoxelMap:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
         return mesh.vertex.positions.cpu().numpy(), mesh.triangle.indices.cpu().numpy().astype(np.int32)
 
-    def raycast(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, ignore_id: int = 255) -> RenderedView:
-        """Render depth, colour, labels and confidence of the map seen from a camera."""
+    def raycast(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, ignore_id: int = 255,
+                with_labels: bool = True) -> RenderedView:
+        """Render depth, colour, labels and confidence of the map seen from a camera (without
+        `with_labels`, labels stay `ignore_id`: no label read-out)."""
         W, H = intrinsics.width_px, intrinsics.height_px
         empty = RenderedView(
             depth_m=np.zeros((H, W), np.float32),
@@ -567,6 +605,10 @@ class VoxelMap:
         rays_world = rays_cam @ T_world_cam[:3, :3].T  # [P, 3] world offset per metre of depth
         depth[hit] = self._refine_hit_depth(depth[hit], rays_world, index, T_world_cam[:3, 3])
         color = (self._flat("color")[index].float() * ratio[..., None]).sum(dim=1)  # [P, 3]
+        empty.depth_m[hit] = depth[hit]
+        empty.rgb[hit] = color.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+        if not with_labels:
+            return empty
         # Semantics of the voxel holding the refined surface point (the voxel fusion labels), else of
         # the nearest observed corner of Open3D's cell.
         points_world = rays_world * depth[hit][:, None] + T_world_cam[:3, 3]
@@ -578,9 +620,7 @@ class VoxelMap:
         nearest_corner = index.gather(1, (ratio + corner_observed).argmax(dim=1, keepdim=True))[:, 0]  # [P]
         nearest = torch.where(surface_observed, surface_flat, nearest_corner)
         observed = surface_observed | corner_observed.any(dim=1)
-        labels, conf = decode_distribution(self._flat("semantic")[nearest])
-        empty.depth_m[hit] = depth[hit]
-        empty.rgb[hit] = color.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+        conf, labels = self._label_probs(nearest).max(dim=1)
         labels = torch.where(observed, labels, torch.full_like(labels, ignore_id))
         empty.labels[hit] = labels.cpu().numpy()
         empty.confidence[hit] = torch.where(observed, conf, torch.zeros_like(conf)).cpu().numpy()

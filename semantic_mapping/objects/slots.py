@@ -72,7 +72,7 @@ def dilate_ids(ids: np.ndarray, pixels: int) -> np.ndarray:
 
 def surface_points(voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(hit [H, W] bool, world points [P, 3] metres of the hit pixels, row-major) of the map raycast."""
-    depth = voxel_map.raycast(intrinsics, T_world_cam).depth_m  # [H, W] metres
+    depth = voxel_map.raycast(intrinsics, T_world_cam, with_labels=False).depth_m  # [H, W] metres
     hit = depth > 0
     return hit, transform_points(T_world_cam, backproject_depth(depth, intrinsics.K)[hit])
 

@@ -754,6 +754,10 @@ class MappingNode(Node):
                            "completion.ms_per_chunk": f"{completion.ms_per_chunk:.0f}",
                            "completion.queue_length": completion.queue_length, "completion.errors": completion.errors,
                            "completion.predicted_voxels": self.mapper.predictions.num_voxels})
+            context = self.mapper.map.context
+            if context is not None:
+                values.update({"semantics.context_refreshes": context.refreshes,
+                               "semantics.context_ms": f"{1000 * context.seconds / max(context.refreshes, 1):.0f}"})
             voting = self.mapper.voting
             if voting is not None:
                 values.update({"voting.voxels_voted": voting.stats.voxels_voted, "voting.pending_voxels": voting.pending,

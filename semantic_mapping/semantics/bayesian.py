@@ -94,9 +94,3 @@ def bayesian_update(
 def class_probabilities(stored: torch.Tensor) -> torch.Tensor:  # [N, C] float32
     """Class distributions from stored fixed-point log-probs [N, C]."""
     return torch.softmax(stored.float() / LOG_PROB_SCALE, dim=1)
-
-
-def decode_distribution(stored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels [N] int64, confidence [N] float32) from stored fixed-point log-probs [N, C]."""
-    confidence, labels = class_probabilities(stored).max(dim=1)
-    return labels, confidence

@@ -1,0 +1,121 @@
+"""Labels read in their surface context (semantics.context)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from semantic_mapping.config import FusionConfig, MapperConfig, SemanticFusionConfig
+from semantic_mapping.fusion.voxel_map import pack_indices
+from semantic_mapping.pipeline import Mapper
+from semantic_mapping.semantics.context import context_log_probs, surface_adjacency, surface_normals
+from test_fusion import FLOOR, INTR, LS, OBJECT, ROOM_HALF_M, WALL, trajectory, world  # noqa: F401
+
+PATCH = dict(y=(-0.85, -0.55), z=(0.45, 0.75))  # on the wall x = +ROOM_HALF_M, labelled object by every view
+
+
+def _with_wrong_patch(frame):
+    """The frame with the wall patch PATCH labelled OBJECT: an error every view makes."""
+    from semantic_mapping.geometry import backproject_depth, transform_points
+
+    points = transform_points(frame.T_world_cam, backproject_depth(frame.depth_m, INTR.K).reshape(-1, 3))
+    points = points.reshape(*frame.depth_m.shape, 3)
+    patch = ((points[..., 0] > ROOM_HALF_M - 0.05) & (frame.depth_m > 0)
+             & (points[..., 1] > PATCH["y"][0]) & (points[..., 1] < PATCH["y"][1])
+             & (points[..., 2] > PATCH["z"][0]) & (points[..., 2] < PATCH["z"][1]))
+    return replace(frame, labels=np.where(patch, OBJECT, frame.labels))
+
+
+@pytest.fixture(scope="module")
+def mappers(world):
+    """The same frames fused twice: labels read with context (the default), and per voxel."""
+    out = {}
+    for name, iterations in (("context", SemanticFusionConfig().context_iterations), ("plain", 0)):
+        mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu"),
+                                     semantics=SemanticFusionConfig(context_iterations=iterations)))
+        for i, T in enumerate(trajectory()):
+            assert mapper.integrate(_with_wrong_patch(world.render(T, i * 33_000_000))).accepted
+        out[name] = mapper
+    return out
+
+
+def _patch_voxels(mapper):
+    voxels = mapper.labelled_voxels()
+    p = voxels.positions_m
+    inside = ((p[:, 0] > ROOM_HALF_M - 0.08) & (p[:, 1] > PATCH["y"][0]) & (p[:, 1] < PATCH["y"][1])
+              & (p[:, 2] > PATCH["z"][0]) & (p[:, 2] < PATCH["z"][1]))
+    return voxels, inside
+
+
+def test_context_undoes_an_error_every_view_makes(mappers):
+    plain, inside = _patch_voxels(mappers["plain"])
+    assert inside.sum() >= 20 and np.mean(plain.labels[inside] == OBJECT) > 0.9  # per voxel, the error stands
+    voxels, inside = _patch_voxels(mappers["context"])
+    assert np.mean(voxels.labels[inside] == WALL) > 0.9
+    p = voxels.positions_m
+    patch = ((p[:, 0] > ROOM_HALF_M - 0.08) & (p[:, 1] > PATCH["y"][0] - 0.1) & (p[:, 1] < PATCH["y"][1] + 0.1)
+             & (p[:, 2] > PATCH["z"][0] - 0.1) & (p[:, 2] < PATCH["z"][1] + 0.1))
+    # It stops at edges: the floor along that wall, the sphere and the walls keep their classes.
+    floor = (p[:, 2] < 0.03) & (np.abs(p[:, 0]) < ROOM_HALF_M - 0.1) & (np.abs(p[:, 1]) < ROOM_HALF_M - 0.1)
+    assert np.mean(voxels.labels[floor] == FLOOR) > 0.95
+    wall = (p[:, 0] > ROOM_HALF_M - 0.08) & (p[:, 2] > 0.15) & (p[:, 2] < 1.0) & (np.abs(p[:, 1]) < ROOM_HALF_M - 0.1) & ~patch
+    assert np.mean(voxels.labels[wall] == WALL) > 0.95
+    sphere = np.linalg.norm(p - [0.0, 0.0, 0.8], axis=1) < 0.5
+    assert np.mean(voxels.labels[sphere] == OBJECT) > 0.9
+
+
+def test_renders_and_voxel_reads_decode_the_same_labels(mappers):
+    mapper = mappers["context"]
+    view = mapper.render(INTR, trajectory()[0])
+    hit = view.depth_m > 0
+    from semantic_mapping.geometry import backproject_depth, transform_points
+
+    points = transform_points(trajectory()[0], backproject_depth(view.depth_m, INTR.K)[hit])
+    values = mapper.map.voxel_values(mapper.map.voxel_indices(points))
+    labelled = values["labels"] >= 0
+    assert np.mean(view.labels[hit][labelled] == values["labels"][labelled]) > 0.97
+
+
+def test_context_follows_the_map(world):
+    """A read after new frames recomputes the context (max age 0), a read of an unchanged map does not,
+    and a reset map reads nothing stale."""
+    mapper = Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu")))
+    frames = [world.render(T, i * 33_000_000) for i, T in enumerate(trajectory(8))]
+    for frame in frames[:3]:
+        mapper.integrate(frame)
+    first = mapper.labelled_voxels()
+    for frame in frames[3:]:
+        mapper.integrate(frame)
+    voxels = mapper.labelled_voxels()
+    assert (voxels.labels != LS.ignore_id).sum() > (first.labels != LS.ignore_id).sum()
+    mapper.labelled_voxels()
+    assert mapper.map.context.refreshes == 2
+    mapper.reset()
+    assert len(mapper.labelled_voxels().labels) == 0
+
+
+def test_ceiling_normals_face_down_with_nothing_observed_above():
+    # voxel, +x, -x, +y, -y, +z (unobserved: above the ceiling), -z (free space below)
+    sdf = np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 9.9, 0.04]])
+    known = np.array([[True, True, True, True, True, False, True]])
+    np.testing.assert_allclose(surface_normals(sdf, known), [[0.0, 0.0, -1.0]], atol=1e-6)
+
+
+def test_adjacency_joins_neighbours_whose_normals_agree():
+    indices = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 0, 1], [5, 5, 5]])
+    normals = np.array([[0, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 1]], float)
+    keys = pack_indices(indices)
+    order = np.argsort(keys)
+    A = surface_adjacency(keys[order], indices[order], normals[order], 0.9).toarray()
+    pairs = {tuple(sorted(map(tuple, indices[order][[i, j]].tolist()))) for i, j in zip(*np.nonzero(A))}
+    assert pairs == {((0, 0, 0), (1, 0, 0)), ((0, 0, 0), (0, 0, 1)), ((0, 0, 1), (1, 0, 0))}
+    assert np.array_equal(A, A.T)
+
+
+def test_context_keeps_a_voxel_without_neighbours_as_it_is():
+    log_probs = np.log(np.array([[0.6, 0.4], [0.1, 0.9]], np.float32))
+    from scipy.sparse import csr_matrix
+
+    out = context_log_probs(log_probs, csr_matrix((2, 2), dtype=np.float32), iterations=5, weight=30.0)
+    assert np.array_equal(out.argmax(1), [0, 1])
+    np.testing.assert_allclose(np.exp(out).sum(1), 1.0, rtol=1e-5)
