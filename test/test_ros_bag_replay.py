@@ -51,10 +51,13 @@ def bag_and_reference(tmp_path_factory):
 
 
 def _load(path: Path):
+    """A saved map, its labels read from each voxel's stored distribution (the map's content: the surface
+    context, a read-out of those distributions, spreads their differences near ties to neighbours)."""
     from semantic_mapping.config import load_config
     from semantic_mapping.pipeline import Mapper
 
-    mapper = Mapper(load_config(None, {"fusion": {"voxel_size_m": VOXEL_SIZE_M, "device": "cpu"}}))
+    mapper = Mapper(load_config(None, {"fusion": {"voxel_size_m": VOXEL_SIZE_M, "device": "cpu"},
+                                       "semantics": {"context_iterations": 0}}))
     mapper.load(path)
     return mapper
 
