@@ -1,10 +1,9 @@
 """Soft-voting figures of `semantic-mapping bench`: learned voting against Bayesian fusion in the same run.
 
 Each benchmark scene is simulated once and every frame goes to all variants (the baseline: Bayesian
-fusion with labels read per voxel; learned voting, with labels read in their surface context; voting
-without that context; Bayesian fusion with it; our geometry prior left out; and the ablations of GNeSF
-Table 4: equal view weights, no visibility test, votes over logits), then each map is scored like
-`fusion.miou_3d`. The harder noise setting
+fusion as `semantics.method: bayesian` runs it; learned voting; both with labels read per voxel instead
+of in their surface context; our geometry prior left out; and the ablations of GNeSF Table 4: equal
+view weights, no visibility test, votes over logits), then each map is scored like `fusion.miou_3d`. The harder noise setting
 lowers the simulated segmenter's 2D mIoU (`HARD_NOISE`); no weights were trained on it.
 """
 
@@ -24,16 +23,16 @@ LOGITS_WEIGHTS = Path(__file__).resolve().parent.parent / "semantics" / "weights
 PLAIN = {"context_iterations": 0}
 """Labels read from each voxel's own distribution, without the surface context (`semantics.context`)."""
 VARIANTS = {
-    "bayesian": {"semantics": {"method": "bayesian", **PLAIN}},
+    "bayesian": {"semantics": {"method": "bayesian"}},
     "voting": {"semantics": {"method": "voting"}},
+    "bayesian_no_context": {"semantics": {"method": "bayesian", **PLAIN}},
     "voting_no_context": {"semantics": {"method": "voting", **PLAIN}},
-    "bayesian_context": {"semantics": {"method": "bayesian"}},
     "voting_no_prior": {"semantics": {"method": "voting"}, "voting": {"geometry_prior": False}},
     "voting_equal_weights": {"semantics": {"method": "voting"}, "voting": {"learned": False}},
     "voting_no_visibility": {"semantics": {"method": "voting"}, "voting": {"visibility": False}},
     "voting_logits": {"semantics": {"method": "voting"}, "voting": {"weights": str(LOGITS_WEIGHTS)}},
 }
-HARD_NOISE_VARIANTS = ("bayesian", "voting", "bayesian_context")
+HARD_NOISE_VARIANTS = ("bayesian", "voting", "bayesian_no_context")
 
 
 def _mapper(variant: str, voxel_size_m: float):
@@ -113,10 +112,11 @@ def voting_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: 
                 "coverage": mean(normal, "voting", "coverage"), "ablation": ablation}),
         Figure("voting.gain_vs_bayesian", 100 * (ablation["voting"] - ablation["bayesian"]), "points", seeds,
                {"bayesian_miou_3d": ablation["bayesian"], "voting_miou_3d": ablation["voting"],
+                "bayesian_no_context_miou_3d": ablation["bayesian_no_context"],
                 "input_miou_2d": float(np.mean([s["input_miou_2d"] for s in normal.values()]))}),
         Figure("voting.gain_vs_bayesian_hard_noise", 100 * (mean(hard, "voting") - mean(hard, "bayesian")), "points",
                seeds, {"bayesian_miou_3d": mean(hard, "bayesian"), "voting_miou_3d": mean(hard, "voting"),
-                       "bayesian_context_miou_3d": mean(hard, "bayesian_context"),
+                       "bayesian_no_context_miou_3d": mean(hard, "bayesian_no_context"),
                        "voting_per_seed": per_seed(hard, "voting"), "bayesian_per_seed": per_seed(hard, "bayesian"),
                        "input_miou_2d": float(np.mean([s["input_miou_2d"] for s in hard.values()])),
                        "segmenter": HARD_NOISE}),
