@@ -119,3 +119,10 @@ def test_context_keeps_a_voxel_without_neighbours_as_it_is():
     out = context_log_probs(log_probs, csr_matrix((2, 2), dtype=np.float32), iterations=5, weight=30.0)
     assert np.array_equal(out.argmax(1), [0, 1])
     np.testing.assert_allclose(np.exp(out).sum(1), 1.0, rtol=1e-5)
+
+
+def test_bad_context_settings_are_refused_by_name():
+    for change in ({"context_iterations": -1}, {"context_weight": -1.0}, {"context_min_normal_dot": 1.5}):
+        with pytest.raises(ValueError, match="semantics.context"):
+            Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu"),
+                                semantics=SemanticFusionConfig(**change)))

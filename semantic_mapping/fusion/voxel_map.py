@@ -112,7 +112,7 @@ class VoxelMap:
         self.generation = 0  # bumps when the map is replaced (reset, load): consumers start over
         self.version = 0  # bumps on every change; blocks remember the version that last changed them
         self._block_versions: dict = {}  # packed block coordinate -> version of its last change
-        self.context = SpatialContext(self.semantics_config) if self.semantics_config.context_iterations > 0 else None
+        self.context = SpatialContext(self.semantics_config) if self.semantics_config.context_iterations != 0 else None
         self.reset()
         self._rays_cache: dict = {}
         self._samples_cache: dict = {}
