@@ -84,8 +84,7 @@ def voting_scene(seed: int, num_frames: int, variants, voxel_size_m: float, hard
                              prior_ms_per_frame=1000 * stats.prior_seconds / len(recording))
         context = mapper.map.context
         if context is not None and context.refreshes:
-            out[name].update(context_ms=1000 * context.seconds / context.refreshes,
-                             context_voxels=len(mapper.map.semantic_voxels()[0]))
+            out[name].update(context_ms=context.ms_per_refresh, context_voxels=context.voxels)
     return out
 
 

@@ -757,7 +757,7 @@ class MappingNode(Node):
             context = self.mapper.map.context
             if context is not None:
                 values.update({"semantics.context_refreshes": context.refreshes,
-                               "semantics.context_ms": f"{1000 * context.seconds / max(context.refreshes, 1):.0f}"})
+                               "semantics.context_ms": f"{context.ms_per_refresh:.0f}"})
             voting = self.mapper.voting
             if voting is not None:
                 values.update({"voting.voxels_voted": voting.stats.voxels_voted, "voting.pending_voxels": voting.pending,

@@ -98,6 +98,11 @@ class SpatialContext:
         self._decoded: Optional[_Decoded] = None
         self.seconds = 0.0  # spent recomputing, in total
         self.refreshes = 0
+        self.voxels = 0  # labelled voxels of the last recompute
+
+    @property
+    def ms_per_refresh(self) -> float:
+        return 1000 * self.seconds / max(self.refreshes, 1)
 
     def log_probs(self, vmap, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found [N] bool, log-probabilities [N, C] with context) of voxels by packed key [N]; voxels
@@ -123,6 +128,7 @@ class SpatialContext:
         self._decoded = _Decoded(vmap.generation, vmap.version, now, keys, out)
         self.seconds += time.perf_counter() - start
         self.refreshes += 1
+        self.voxels = len(keys)
         return self._decoded
 
 
