@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from semantic_mapping.config import FusionConfig, MapperConfig, SemanticFusionConfig
-from semantic_mapping.fusion.voxel_map import pack_indices
 from semantic_mapping.pipeline import Mapper
 from semantic_mapping.semantics.context import context_log_probs, surface_adjacency, surface_normals
 from test_fusion import FLOOR, INTR, LS, OBJECT, ROOM_HALF_M, WALL, trajectory, world  # noqa: F401
@@ -104,10 +103,8 @@ def test_ceiling_normals_face_down_with_nothing_observed_above():
 def test_adjacency_joins_neighbours_whose_normals_agree():
     indices = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 0, 1], [5, 5, 5]])
     normals = np.array([[0, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 1]], float)
-    keys = pack_indices(indices)
-    order = np.argsort(keys)
-    A = surface_adjacency(keys[order], indices[order], normals[order], 0.9).toarray()
-    pairs = {tuple(sorted(map(tuple, indices[order][[i, j]].tolist()))) for i, j in zip(*np.nonzero(A))}
+    A = surface_adjacency(indices, normals, 0.9).toarray()
+    pairs = {tuple(sorted(map(tuple, indices[[i, j]].tolist()))) for i, j in zip(*np.nonzero(A))}
     assert pairs == {((0, 0, 0), (1, 0, 0)), ((0, 0, 0), (0, 0, 1)), ((0, 0, 1), (1, 0, 0))}
     assert np.array_equal(A, A.T)
 

@@ -32,7 +32,6 @@ from semantic_mapping.semantics.bayesian import (
     bayesian_update,
     class_probabilities,
 )
-from semantic_mapping.semantics.context import SpatialContext, surface_normals
 from semantic_mapping.types import CameraIntrinsics, RenderedView
 
 log = logging.getLogger(__name__)
@@ -80,6 +79,32 @@ def unpack_indices(keys: np.ndarray) -> np.ndarray:  # [N, 3] int64
     return np.stack([(keys >> 42) & mask, (keys >> 21) & mask, keys & mask], axis=1) - (1 << 20)
 
 
+def sorted_positions(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:  # [N] int64, -1 = absent
+    """Index in `sorted_keys` [M] (ascending, unique) of each of `keys` [N]."""
+    if len(sorted_keys) == 0:
+        return np.full(len(keys), -1, np.int64)
+    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == keys, pos, -1)
+
+
+_FORWARD_STEPS = np.array(
+    [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) > (0, 0, 0)], np.int64
+)  # [13, 3]: each 26-neighbour pair once
+
+
+def neighbour_pairs(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i [E], j [E]) int64: every pair of 26-neighbours among voxels [N, 3], once."""
+    keys = pack_indices(indices)
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    rows, cols = [], []
+    for step in _FORWARD_STEPS:
+        pos = sorted_positions(sorted_keys, pack_indices(indices + step))
+        rows.append(np.flatnonzero(pos >= 0))
+        cols.append(order[pos[pos >= 0]])
+    return np.concatenate(rows), np.concatenate(cols)
+
+
 @dataclass
 class IntegrationStats:
     """What one `integrate` call touched."""
@@ -112,6 +137,8 @@ class VoxelMap:
         self.generation = 0  # bumps when the map is replaced (reset, load): consumers start over
         self.version = 0  # bumps on every change; blocks remember the version that last changed them
         self._block_versions: dict = {}  # packed block coordinate -> version of its last change
+        from semantic_mapping.semantics.context import SpatialContext  # it reads maps through this module
+
         self.context = SpatialContext(self.semantics_config) if self.semantics_config.context_iterations != 0 else None
         self.reset()
         self._rays_cache: dict = {}
@@ -479,23 +506,18 @@ class VoxelMap:
         block = self._grid.hashmap().key_tensor()[o3c.Tensor(buf).to(self._o3d_device)].cpu().numpy().astype(np.int64)  # [F, 3]
         return block * R + np.stack([local % R, (local // R) % R, local // R**2], axis=1)
 
-    def semantic_voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def semantic_voxels(self) -> tuple[np.ndarray, np.ndarray]:
         """Every voxel with semantics: (integer indices [N, 3], stored log-probabilities [N, C] float32
-        relative to the best class, unit TSDF normals [N, 3] towards free space, `context.surface_normals`)."""
-        hashmap = self._grid.hashmap()
+        relative to the best class)."""
         if self.num_blocks == 0:
-            return np.zeros((0, 3), np.int64), np.zeros((0, self.num_classes), np.float32), np.zeros((0, 3))
+            return np.zeros((0, 3), np.int64), np.zeros((0, self.num_classes), np.float32)
         R3 = self.block_resolution**3
-        buf = from_dlpack(hashmap.active_buf_indices().to(o3c.int64).to_dlpack()).cpu()  # [B]
+        buf = from_dlpack(self._grid.hashmap().active_buf_indices().to(o3c.int64).to_dlpack()).cpu()  # [B]
         flat = (buf[:, None] * R3 + torch.arange(R3)).reshape(-1)  # [B * R^3]
         count = self._flat("semantic_count")
         flat = flat[(count[flat.to(count.device), 0] > 0).cpu()]
-        indices = self._flat_to_indices(flat.numpy())
         log_probs = (self._flat("semantic")[flat.to(count.device)].float() / LOG_PROB_SCALE).cpu().numpy()
-        steps = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
-        sdf = np.stack([self.observed_sdf(indices + step) for step in steps], axis=1)  # [N, 7], NaN unobserved
-        known = ~np.isnan(sdf)
-        return indices, log_probs, surface_normals(np.where(known, sdf, 0.0), known)
+        return self._flat_to_indices(flat.numpy()), log_probs
 
     def surface_points(self) -> tuple[np.ndarray, np.ndarray]:
         """Zero crossings of the TSDF where observed: (points [N, 3] float32 metres, normals [N, 3])."""

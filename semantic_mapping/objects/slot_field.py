@@ -19,7 +19,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from semantic_mapping.config import ObjectsConfig
-from semantic_mapping.fusion.voxel_map import pack_indices, unpack_indices
+from semantic_mapping.fusion.voxel_map import pack_indices, sorted_positions, unpack_indices
 
 _FACE_STEPS = np.eye(3, dtype=np.int64)  # +x, +y, +z neighbours for the TV pairs
 _INIT_FEATURE_STD = 0.5  # spread of the features of voxels with no known neighbour
@@ -48,14 +48,6 @@ def soft_iou_affinity(mask_counts: torch.Tensor, slot_probs: torch.Tensor,
     inter = mask_counts @ slot_probs  # [K, N] Σ M·O = Σ min for binary M
     union = mask_counts.sum(1, keepdim=True) + (counts @ slot_probs)[None, :] - inter  # Σ max = M + O - M·O
     return inter / union.clamp_min(1e-9)
-
-
-def sorted_positions(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:  # [N] int64, -1 = absent
-    """Index in `sorted_keys` [M] (ascending, unique) of each of `keys` [N]."""
-    if len(sorted_keys) == 0:
-        return np.full(len(keys), -1, np.int64)
-    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, len(sorted_keys) - 1)
-    return np.where(sorted_keys[pos] == keys, pos, -1)
 
 
 def match_masks(affinity: np.ndarray, method: str = "hungarian") -> np.ndarray:

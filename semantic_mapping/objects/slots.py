@@ -20,10 +20,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from semantic_mapping.config import ObjectsConfig
-from semantic_mapping.fusion.voxel_map import VoxelMap, pack_indices, unpack_indices
+from semantic_mapping.fusion.voxel_map import VoxelMap, neighbour_pairs, pack_indices, sorted_positions, unpack_indices
 from semantic_mapping.geometry.pose import transform_points
 from semantic_mapping.geometry.projection import backproject_depth
-from semantic_mapping.objects.slot_field import SlotField, sorted_positions
+from semantic_mapping.objects.slot_field import SlotField
 from semantic_mapping.semantics.label_space import LabelSpace
 from semantic_mapping.sim.masks import preprocess_masks
 from semantic_mapping.types import CameraIntrinsics, Frame, MapObject
@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 MASK_SOURCES = ("auto", "frame", "geometric")
 _MAX_PENDING_FRAMES = 4
 _MAX_VIEWS_BEHIND = 4  # optimisation steps due are capped at this many views' worth
-_FORWARD_STEPS = np.array(
-    [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) > (0, 0, 0)], np.int64
-)  # [13, 3]: each 26-neighbour pair once
 _NEIGHBOUR_STEPS = np.array(
     sorted(
         [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) != (0, 0, 0)],
@@ -344,22 +341,9 @@ class ObjectSlots:
         return out
 
 
-def _neighbour_pairs(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(i [E], j [E]) int64: every pair of 26-neighbours among voxels [N, 3], once."""
-    keys = pack_indices(indices)
-    order = np.argsort(keys)
-    sorted_keys = keys[order]
-    rows, cols = [], []
-    for step in _FORWARD_STEPS:
-        pos = sorted_positions(sorted_keys, pack_indices(indices + step))
-        rows.append(np.flatnonzero(pos >= 0))
-        cols.append(order[pos[pos >= 0]])
-    return np.concatenate(rows), np.concatenate(cols)
-
-
 def _connected_parts(indices: np.ndarray, slot: np.ndarray) -> np.ndarray:  # [N] int64
     """Connected components of voxels [N, 3] where 26-neighbours with the same slot [N] are linked."""
-    i, j = _neighbour_pairs(indices)
+    i, j = neighbour_pairs(indices)
     linked = slot[i] == slot[j]
     graph = coo_matrix((np.ones(linked.sum(), np.int8), (i[linked], j[linked])), shape=(len(indices), len(indices)))
     return connected_components(graph, directed=False)[1].astype(np.int64)
@@ -493,7 +477,7 @@ def _seam_units(indices: np.ndarray, part: np.ndarray, rows: np.ndarray, num_row
     """Seams between the parts `part` [N] of voxels `indices` [N, 3] (field rows `rows` [N]):
     (a [T], b [T]) pairs of 26-neighbouring parts, a < b, and units [2T, num_rows] sparse 0/1 whose row
     2t holds the voxels of a next to b and row 2t + 1 those of b next to a."""
-    i, j = _neighbour_pairs(indices)
+    i, j = neighbour_pairs(indices)
     cross = part[i] != part[j]
     i, j = i[cross], j[cross]
     low = np.where(part[i] < part[j], i, j)  # [E] the voxel of the lower part of each pair

@@ -20,11 +20,10 @@ import numpy as np
 from scipy.sparse import csr_matrix
 
 from semantic_mapping.config import SemanticFusionConfig
+from semantic_mapping.fusion.voxel_map import VoxelMap, neighbour_pairs, pack_indices, sorted_positions
 
-_FORWARD_STEPS = np.array(
-    [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) > (0, 0, 0)], np.int64
-)  # [13, 3]: each 26-neighbour pair once
 _MIN_MEAN_PROB = 1e-6  # floor of the neighbourhood mean before its log
+_NORMAL_STENCIL = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
 
 
 def surface_normals(sdf_m: np.ndarray, known: np.ndarray) -> np.ndarray:  # [N, 3] unit, zero where unknown
@@ -44,21 +43,19 @@ def surface_normals(sdf_m: np.ndarray, known: np.ndarray) -> np.ndarray:  # [N, 
     return normal / np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-9)
 
 
-def surface_adjacency(keys_sorted: np.ndarray, indices: np.ndarray, normals: np.ndarray,
-                      min_normal_dot: float) -> csr_matrix:
-    """[N, N] symmetric 0/1 adjacency of N voxels (integer indices [N, 3] whose `pack_indices` keys,
-    sorted, are `keys_sorted`): 26-neighbours whose normals [N, 3] have a dot product of at least
-    `min_normal_dot`."""
-    rows, cols = [], []
-    for step in _FORWARD_STEPS:
-        key = _pack(indices + step)
-        pos = np.searchsorted(keys_sorted, key).clip(0, max(len(keys_sorted) - 1, 0))
-        a = np.flatnonzero(keys_sorted[pos] == key) if len(keys_sorted) else np.zeros(0, np.int64)
-        b = pos[a]
-        agree = (normals[a] * normals[b]).sum(1) >= min_normal_dot
-        rows.append(a[agree])
-        cols.append(b[agree])
-    r, c = np.concatenate(rows), np.concatenate(cols)
+def voxel_normals(vmap: VoxelMap, indices: np.ndarray) -> np.ndarray:  # [N, 3]
+    """`surface_normals` of the map at voxels [N, 3] from its observed signed distances."""
+    sdf = np.stack([vmap.observed_sdf(indices + step) for step in _NORMAL_STENCIL], axis=1)  # [N, 7], NaN unobserved
+    known = ~np.isnan(sdf)
+    return surface_normals(np.where(known, sdf, 0.0), known)
+
+
+def surface_adjacency(indices: np.ndarray, normals: np.ndarray, min_normal_dot: float) -> csr_matrix:
+    """[N, N] symmetric 0/1 adjacency of N voxels [N, 3]: 26-neighbours whose normals [N, 3] have a
+    dot product of at least `min_normal_dot`."""
+    i, j = neighbour_pairs(indices)
+    agree = (normals[i] * normals[j]).sum(1) >= min_normal_dot
+    r, c = i[agree], j[agree]
     n = len(indices)
     return csr_matrix((np.ones(2 * len(r), np.float32), (np.r_[r, c], np.r_[c, r])), shape=(n, n))
 
@@ -104,26 +101,24 @@ class SpatialContext:
     def ms_per_refresh(self) -> float:
         return 1000 * self.seconds / max(self.refreshes, 1)
 
-    def log_probs(self, vmap, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def log_probs(self, vmap: VoxelMap, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found [N] bool, log-probabilities [N, C] with context) of voxels by packed key [N]; voxels
         labelled after the cached read-out are not found (their own distribution stands)."""
         decoded = self._current(vmap)
-        n = len(decoded.keys_sorted)
-        pos = np.searchsorted(decoded.keys_sorted, keys).clip(0, max(n - 1, 0))
-        found = decoded.keys_sorted[pos] == keys if n else np.zeros(len(keys), bool)
-        return found, decoded.log_probs[pos[found]] if n else np.zeros((0, vmap.num_classes), np.float32)
+        pos = sorted_positions(decoded.keys_sorted, keys)
+        return pos >= 0, decoded.log_probs[pos[pos >= 0]]
 
-    def _current(self, vmap) -> _Decoded:
+    def _current(self, vmap: VoxelMap) -> _Decoded:
         d, now = self._decoded, time.monotonic()
         if d is not None and d.generation == vmap.generation and (
                 d.version == vmap.version or now - d.computed_at_s < self.config.context_max_age_s):
             return d
         start = time.perf_counter()
-        indices, log_probs, normals = vmap.semantic_voxels()
-        keys = _pack(indices)
+        indices, log_probs = vmap.semantic_voxels()
+        keys = pack_indices(indices)
         order = np.argsort(keys)
-        indices, log_probs, normals, keys = indices[order], log_probs[order], normals[order], keys[order]
-        adjacency = surface_adjacency(keys, indices, normals, self.config.context_min_normal_dot)
+        indices, log_probs, keys = indices[order], log_probs[order], keys[order]
+        adjacency = surface_adjacency(indices, voxel_normals(vmap, indices), self.config.context_min_normal_dot)
         out = context_log_probs(log_probs, adjacency, self.config.context_iterations, self.config.context_weight)
         self._decoded = _Decoded(vmap.generation, vmap.version, now, keys, out)
         self.seconds += time.perf_counter() - start
@@ -131,9 +126,3 @@ class SpatialContext:
         self.voxels = len(keys)
         return self._decoded
 
-
-def _pack(indices: np.ndarray) -> np.ndarray:
-    """`fusion.voxel_map.pack_indices` (imported here: the voxel map imports this module)."""
-    from semantic_mapping.fusion.voxel_map import pack_indices
-
-    return pack_indices(indices)
