@@ -13,6 +13,11 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+TRAIN_VOTING_SEEDS = "20-31,40-51,53,57,69,75,76,79,80,83"
+"""Scenes the keyframe voting network is trained on by default."""
+TRAIN_FRAME_VOTES_SEEDS = "20-27"
+"""Scenes the frame-vote weights are trained on by default."""
+
 log = logging.getLogger("semantic_mapping")
 
 
@@ -264,9 +269,11 @@ def cmd_train_voting(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.frame_votes:
+        return _train_frame_votes(args)
     meta = run_training(
-        args.out, parse_seeds(args.seeds), parse_seeds(args.val_seeds),
-        TrainingDataConfig(num_frames=args.frames), TrainConfig(steps=args.steps, seed=args.seed),
+        args.out, parse_seeds(args.seeds or TRAIN_VOTING_SEEDS), parse_seeds(args.val_seeds),
+        TrainingDataConfig(num_frames=args.frames), TrainConfig(steps=args.steps or 600, seed=args.seed),
         vote_space=args.vote_space,
     )
     out = Path(args.out)
@@ -275,6 +282,23 @@ def cmd_train_voting(args) -> int:
           f"{meta['val_learned']['cross_entropy']:.3f} (learned), pixel accuracy "
           f"{meta['val_uniform']['pixel_accuracy']:.3f} -> {meta['val_learned']['pixel_accuracy']:.3f}; geometry prior "
           f"alone: cross-entropy {meta['val_prior']['cross_entropy']:.3f}, pixel accuracy {meta['val_prior']['pixel_accuracy']:.3f}; "
+          f"{meta['prepare_s'] / 60:.1f} min data, {meta['train_s'] / 60:.1f} min training")
+    return 0
+
+
+def _train_frame_votes(args) -> int:
+    from semantic_mapping.semantics.frame_votes_train import FrameVoteTrainConfig, run_training
+    from semantic_mapping.semantics.label_space import default_label_space
+    from semantic_mapping.semantics.voting_train import parse_seeds
+
+    out = Path(args.out)
+    config = FrameVoteTrainConfig(num_frames=args.frames, steps=args.steps or FrameVoteTrainConfig.steps, seed=args.seed)
+    meta = run_training(out, parse_seeds(args.seeds or TRAIN_FRAME_VOTES_SEEDS), parse_seeds(args.val_seeds), config,
+                        default_label_space().num_classes)
+    print(f"wrote {out}, loss curves {out.with_suffix('.png')}, history {out.with_suffix('.json')}")
+    print(f"validation voxels ({args.val_seeds}, labels of held-out views): cross-entropy "
+          f"{meta['val_uniform']['cross_entropy']:.3f} (equal weights) -> {meta['val_learned']['cross_entropy']:.3f} "
+          f"(learned), accuracy {meta['val_uniform']['accuracy']:.3f} -> {meta['val_learned']['accuracy']:.3f}; "
           f"{meta['prepare_s'] / 60:.1f} min data, {meta['train_s'] / 60:.1f} min training")
     return 0
 
@@ -453,12 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-voting", help="train the soft-voting network on simulated development scenes "
                        "(2D supervision only); writes the checkpoint, its loss plot and history")
     p.add_argument("--out", default="voting.pt", help="checkpoint path (.png and .json are written beside it)")
-    p.add_argument("--seeds", default="20-31,40-51,53,57,69,75,76,79,80,83",
-                   help="training scene seeds, e.g. '20-31,40' (development seeds only; the default adds scenes that show ceilings)")
+    p.add_argument("--frame-votes", action="store_true",
+                   help="train the frame-vote weights (semantics.frame_votes) instead of the keyframe voting network")
+    p.add_argument("--seeds", help=f"training scene seeds, e.g. '20-31,40' (development seeds only; default "
+                   f"{TRAIN_VOTING_SEEDS}, which adds scenes that show ceilings, or {TRAIN_FRAME_VOTES_SEEDS} with --frame-votes)")
     p.add_argument("--val-seeds", default="32", help="validation scene seeds")
     p.add_argument("--frames", type=int, default=300, help="frames simulated per scene")
-    p.add_argument("--steps", type=int, default=600,
-                   help="optimiser steps (each: 1024 rays of one scene for the votes, 8192 of all scenes for the prior)")
+    p.add_argument("--steps", type=int,
+                   help="optimiser steps (default 600, each: 1024 rays of one scene for the votes, 8192 of all scenes "
+                   "for the prior; with --frame-votes 150 full-batch steps)")
     p.add_argument("--vote-space", choices=("probabilities", "logits"), default="probabilities",
                    help="Eq. 4 over probabilities (GNeSF) or over logits (the ablation)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and ray sampling seed")

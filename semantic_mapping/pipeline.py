@@ -200,6 +200,12 @@ class Mapper:
                  cfg.weights or "shipped", meta.get("vote_space", "?"), meta.get("train_seeds", "?"),
                  meta.get("val_learned", {}).get("pixel_accuracy", float("nan")),
                  meta.get("val_uniform", {}).get("pixel_accuracy", float("nan")))
+        if voting.frame_net is not None:
+            frame = meta["frame_votes"]
+            log.info("semantics: frames vote into weighted means, weights %s (trained on seeds %s, validation "
+                     "accuracy %.3f vs %.3f equal weights)", cfg.frame_vote_weights or "shipped",
+                     frame.get("train_seeds", "?"), frame.get("val_learned", {}).get("accuracy", float("nan")),
+                     frame.get("val_uniform", {}).get("accuracy", float("nan")))
         return voting
 
     def _make_completion(self) -> tuple[Optional[LiveCompletion], CompletionStats]:
@@ -248,12 +254,16 @@ class Mapper:
             pixels = self.map.sample_pixels(clean.depth_m.shape, clean.intrinsics)
             try:
                 semantics = PixelSemantics(clean, pixels, self.label_space.num_classes, self.config.semantics)
+                if self.voting is not None and self.voting.config.frame_votes:
+                    semantics.weights = self.voting.frame_vote_weights(clean, semantics)
             except ValueError as exc:
                 return self._reject(frame, FrameRejected("semantics_invalid", str(exc)))
         self.stats.pixels_cleaned.update(cleaned)
         with self.map_lock:
             prior = None if self.voting is None else self.voting.semantic_prior
             fused = self.map.integrate(clean.depth_m, clean.rgb, clean.intrinsics, clean.T_world_cam, semantics, prior)
+            if semantics is not None and semantics.weights is not None:
+                self.voting.stats.frame_vote_voxels += fused.voxels_semantic_updated
             if self.voting is not None:
                 if semantics is not None:
                     self.voting.observe(self.map, clean)

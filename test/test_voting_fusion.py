@@ -21,7 +21,9 @@ def true_label(points_m):  # [N, 3] -> [N] class of the nearest analytic surface
 
 
 def config(weights, **voting):
+    """The keyframe path (keyframe votes multiplying Bayesian fusion) unless `voting` says otherwise."""
     keyframes = KeyframeConfig(min_translation_m=0.3, min_rotation_deg=20.0, views_per_voxel=4)
+    voting = {"frame_votes": False, "keyframe_votes": True, **voting}
     return MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu"), semantics=SemanticFusionConfig(method="voting"),
                         voting=VotingConfig(weights=str(weights), keyframes=keyframes, **voting))
 

@@ -287,7 +287,10 @@ def format_table(figures: list) -> str:
         elif f.name == "objects.ms_per_step":
             ref = f"view prepared in {f.detail['ms_per_view_prepare']:.0f} ms (raycast + masks), CPU"
         elif f.name == "voting.voxels_per_s":
-            ref = (f"{f.detail['voxels_per_keyframe']:.0f} voxels per keyframe, CPU; geometry prior "
+            ref = (f"voxel updates per second of voting work, CPU: frame votes {f.detail['frame_vote_voxels']} in "
+                   f"{f.detail['frame_vote_seconds']:.1f} s, keyframe votes {f.detail['keyframe_voxels_voted']} in "
+                   f"{f.detail['keyframe_vote_seconds']:.1f} s; frame-vote weights "
+                   f"{f.detail['frame_vote_ms_per_frame']:.1f} ms and geometry prior "
                    f"{f.detail['prior_ms_per_frame']:.1f} ms per frame; labels' context {f.detail['context_ms_per_map']:.0f} ms "
                    f"per read of the whole map ({f.detail['context_voxels_per_map']:.0f} labelled voxels)")
         lines.append(f"{f.name:34s} {f.value:12.4f}  {f.unit:8s}  {ref}")

@@ -1,9 +1,11 @@
 """Soft-voting figures of `semantic-mapping bench`: learned voting against Bayesian fusion in the same run.
 
 Each benchmark scene is simulated once and every frame goes to all variants (the baseline: Bayesian
-fusion as `semantics.method: bayesian` runs it; learned voting; both with labels read per voxel instead
-of in their surface context; our geometry prior left out; and the ablations of GNeSF Table 4: equal
-view weights, no visibility test, votes over logits), then each map is scored like `fusion.miou_3d`. The harder noise setting
+fusion as `semantics.method: bayesian` runs it; learned voting (frame votes); both with labels read per
+voxel instead of in their surface context; our geometry prior left out; equal view weights; the
+keyframe votes added; and the GNeSF keyframe path alone, keyframe votes multiplying Bayesian fusion,
+with the ablations of GNeSF Table 4 on it: no visibility test, votes over logits), then each map is
+scored like `fusion.miou_3d`. The harder noise setting
 lowers the simulated segmenter's 2D mIoU (`HARD_NOISE`); no weights were trained on it.
 """
 
@@ -22,15 +24,20 @@ LOGITS_WEIGHTS = Path(__file__).resolve().parent.parent / "semantics" / "weights
 
 PLAIN = {"context_iterations": 0}
 """Labels read from each voxel's own distribution, without the surface context (`semantics.context`)."""
+VOTING = {"semantics": {"method": "voting"}}
+KEYFRAMES = {"frame_votes": False, "keyframe_votes": True}
+"""The GNeSF keyframe path alone: keyframe votes multiplying Bayesian fusion of the frames."""
 VARIANTS = {
     "bayesian": {"semantics": {"method": "bayesian"}},
-    "voting": {"semantics": {"method": "voting"}},
+    "voting": VOTING,
     "bayesian_no_context": {"semantics": {"method": "bayesian", **PLAIN}},
     "voting_no_context": {"semantics": {"method": "voting", **PLAIN}},
-    "voting_no_prior": {"semantics": {"method": "voting"}, "voting": {"geometry_prior": False}},
-    "voting_equal_weights": {"semantics": {"method": "voting"}, "voting": {"learned": False}},
-    "voting_no_visibility": {"semantics": {"method": "voting"}, "voting": {"visibility": False}},
-    "voting_logits": {"semantics": {"method": "voting"}, "voting": {"weights": str(LOGITS_WEIGHTS)}},
+    "voting_no_prior": {**VOTING, "voting": {"geometry_prior": False}},
+    "voting_equal_weights": {**VOTING, "voting": {"learned": False}},
+    "voting_keyframe_votes": {**VOTING, "voting": {"keyframe_votes": True}},
+    "keyframes": {**VOTING, "voting": KEYFRAMES},
+    "keyframes_no_visibility": {**VOTING, "voting": {**KEYFRAMES, "visibility": False}},
+    "keyframes_logits": {**VOTING, "voting": {**KEYFRAMES, "weights": str(LOGITS_WEIGHTS)}},
 }
 HARD_NOISE_VARIANTS = ("bayesian", "voting", "bayesian_no_context")
 
@@ -80,8 +87,10 @@ def voting_scene(seed: int, num_frames: int, variants, voxel_size_m: float, hard
             stats = mapper.voting.stats
             out[name].update(keyframes=stats.keyframes, voxels_voted=stats.voxels_voted,
                              vote_seconds=stats.vote_seconds, voxels_per_s=stats.voxels_per_s,
+                             frame_vote_voxels=stats.frame_vote_voxels, frame_vote_seconds=stats.frame_vote_seconds,
                              voxels_per_keyframe=stats.voxels_voted / max(stats.keyframes, 1),
-                             prior_ms_per_frame=1000 * stats.prior_seconds / len(recording))
+                             prior_ms_per_frame=1000 * stats.prior_seconds / len(recording),
+                             frame_vote_ms_per_frame=1000 * stats.frame_vote_seconds / max(stats.frame_vote_frames, 1))
         context = mapper.map.context
         if context is not None and context.refreshes:
             out[name].update(context_ms=context.ms_per_refresh, context_voxels=context.voxels)
@@ -103,8 +112,11 @@ def voting_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: 
         return {seed: s[variant]["miou_3d"] for seed, s in scenes.items()}
 
     ablation = {name: mean(normal, name) for name in VARIANTS}
-    voted = sum(s["voting"]["voxels_voted"] for s in normal.values())
-    seconds = sum(s["voting"]["vote_seconds"] for s in normal.values())
+    keyframe_voted = sum(s["voting"]["voxels_voted"] for s in normal.values())
+    keyframe_seconds = sum(s["voting"]["vote_seconds"] for s in normal.values())
+    frame_voted = sum(s["voting"]["frame_vote_voxels"] for s in normal.values())
+    frame_seconds = sum(s["voting"]["frame_vote_seconds"] for s in normal.values())
+    voted, seconds = keyframe_voted + frame_voted, keyframe_seconds + frame_seconds
     return [
         Figure("voting.miou_3d", ablation["voting"], "mIoU", seeds,
                {"per_seed": per_seed(normal, "voting"), "bayesian_per_seed": per_seed(normal, "bayesian"),
@@ -121,9 +133,12 @@ def voting_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: 
                        "segmenter": HARD_NOISE}),
         Figure("voting.voxels_per_s", voted / seconds if seconds else 0.0, "voxels/s", seeds,
                {"voxels_voted": voted, "vote_seconds": seconds, "device": "cpu",
+                "keyframe_voxels_voted": keyframe_voted, "keyframe_vote_seconds": keyframe_seconds,
+                "frame_vote_voxels": frame_voted, "frame_vote_seconds": frame_seconds,
                 "keyframes": sum(s["voting"]["keyframes"] for s in normal.values()),
                 "voxels_per_keyframe": float(np.mean([s["voting"]["voxels_per_keyframe"] for s in normal.values()])),
                 "prior_ms_per_frame": float(np.mean([s["voting"]["prior_ms_per_frame"] for s in normal.values()])),
+                "frame_vote_ms_per_frame": float(np.mean([s["voting"]["frame_vote_ms_per_frame"] for s in normal.values()])),
                 "context_ms_per_map": float(np.mean([s["voting"]["context_ms"] for s in normal.values()])),
                 "context_voxels_per_map": float(np.mean([s["voting"]["context_voxels"] for s in normal.values()]))}),
     ]

@@ -50,6 +50,7 @@ _ATTRIBUTES = (
     ("color", o3c.uint16, 3),  # mean colour, 0..255
     ("semantic", o3c.int16, None),  # fixed-point log-probs relative to the best class
     ("semantic_count", o3c.int16, 1),  # semantic observations, saturating at 32767
+    ("semantic_weight", o3c.float32, 1),  # total weight of the frame votes averaged into "semantic" (0: none)
 )
 
 
@@ -285,9 +286,18 @@ class VoxelMap:
         if not found.any():
             return 0
         rows = np.flatnonzero(valid)[found]
-        voxels, summed, first = aggregate_by_voxel(flat[found], semantics.probs[rows])
+        if semantics.weights is None:
+            voxels, summed, first = aggregate_by_voxel(flat[found], semantics.probs[rows])
+        else:  # frame votes: the pixels' weighted probabilities, their weights and their count, summed per voxel
+            w = semantics.weights[rows, None]
+            voxels, summed, first = aggregate_by_voxel(
+                flat[found], np.concatenate([semantics.probs[rows] * w, w, np.ones_like(w)], 1))
+            summed = summed[:, :-1] / summed[:, -1:]  # the frame votes once per voxel: its pixels' means
         log_prior = None if semantic_prior is None else semantic_prior(self, voxel_indices[found][first], T_world_cam[:3, 3])
-        self._multiply_distributions(voxels, summed, 1.0, log_prior)
+        if semantics.weights is None:
+            self._multiply_distributions(voxels, summed, 1.0, log_prior)
+        else:
+            self._average_distributions(voxels, summed[:, :-1], summed[:, -1], log_prior)
         return int(len(voxels))
 
     def fuse_distributions(
@@ -295,12 +305,18 @@ class VoxelMap:
         voxel_indices: np.ndarray,  # [P, 3] int64 distinct voxel indices
         probs: np.ndarray,  # [P, C] float32 class distributions (e.g. soft votes)
         weight: float,
+        average: bool = False,
     ) -> int:
         """Multiply the distributions of allocated voxels by probs^weight (floored as every
-        observation is); returns how many voxels were updated."""
+        observation is), or with `average` add probs to their weighted means with weight `weight`;
+        returns how many voxels were updated."""
         flat, found = self.lookup(voxel_indices)
         if found.any():
-            self._multiply_distributions(flat[found], np.asarray(probs, np.float32)[found], weight)
+            probs = np.asarray(probs, np.float32)[found]
+            if average:
+                self._average_distributions(flat[found], probs, np.full(len(probs), weight, np.float32))
+            else:
+                self._multiply_distributions(flat[found], probs, weight)
             self._mark_blocks(np.unique(np.floor_divide(np.asarray(voxel_indices)[found], self.block_resolution), axis=0))
         return int(found.sum())
 
@@ -313,6 +329,30 @@ class VoxelMap:
         updated = bayesian_update(sem[index].cpu().numpy(), probs, cfg.probability_floor, cfg.min_log_prob, weight,
                                   log_prior)
         sem[index] = torch.from_numpy(updated).to(sem.device)
+        count = self._flat("semantic_count")
+        count[index] = (count[index].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
+
+    def _average_distributions(self, voxels: np.ndarray, probs: np.ndarray, weight: np.ndarray,
+                               log_prior: Optional[np.ndarray] = None) -> None:
+        """Add one observation [U, C] (any positive scale; tilted by exp(log_prior)) of weight [U] to the
+        weighted mean distribution of each distinct flat voxel [U] (`frame_votes`). A voxel without
+        frame votes yet (total weight 0) takes the observation as it is."""
+        cfg = self.semantics_config
+        sem, total = self._flat("semantic"), self._flat("semantic_weight")
+        index = torch.from_numpy(voxels).to(sem.device)
+        log_obs = np.log(np.maximum(probs, 1e-30))
+        if log_prior is not None:
+            log_obs = log_obs + log_prior
+        obs = np.exp(log_obs - log_obs.max(axis=1, keepdims=True))
+        obs /= obs.sum(axis=1, keepdims=True)
+        old_weight = total[index, 0].cpu().numpy().astype(np.float64)
+        mean = class_probabilities(sem[index]).cpu().numpy()  # [U, C]
+        new_weight = old_weight + weight
+        mixed = (old_weight[:, None] * mean + weight[:, None] * obs) / np.maximum(new_weight, 1e-30)[:, None]
+        log_p = np.log(np.maximum(mixed, np.exp(cfg.min_log_prob)))
+        log_p -= log_p.max(axis=1, keepdims=True)
+        sem[index] = torch.from_numpy(np.rint(log_p * LOG_PROB_SCALE).astype(np.int16)).to(sem.device)
+        total[index] = torch.from_numpy(new_weight.astype(np.float32)[:, None]).to(total.device)
         count = self._flat("semantic_count")
         count[index] = (count[index].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
 
@@ -732,8 +772,11 @@ class VoxelMap:
             raise ValueError("map file holds duplicate block coordinates")
         buf_t = from_dlpack(buf.to_dlpack()).long()
         for name, _, _ in _ATTRIBUTES:
-            values = torch.from_numpy(np.ascontiguousarray(arrays["attr_" + name]))
             target = self.attribute(name)
+            if name == "semantic_weight" and "attr_" + name not in arrays:  # maps saved before frame votes
+                target[buf_t] = 0.0
+                continue
+            values = torch.from_numpy(np.ascontiguousarray(arrays["attr_" + name]))
             if values.shape[1:] != target.shape[1:]:
                 raise ValueError(f"map attribute {name!r} has shape {tuple(values.shape[1:])}, expected {tuple(target.shape[1:])}")
             if target.dtype == torch.uint16:  # torch cannot index_put uint16; same bits as int16

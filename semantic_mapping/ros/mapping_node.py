@@ -254,7 +254,9 @@ class MappingNode(Node):
         self.get_logger().info(
             f"ready: voxel {self.mapper.voxel_size_m:.3f} m on {self.mapper.map.device}, pose from "
             f"{p.node.pose_source}, map frame '{p.node.map_frame}', queue {p.node.queue_size}, semantics "
-            f"{self.mapper.semantics_method}" + (f" (weights {p.mapper.voting.weights or 'shipped'}, at most "
+            f"{self.mapper.semantics_method}" + (f" (weights {p.mapper.voting.weights or 'shipped'}, frame votes "
+                                                 f"{'on' if p.mapper.voting.frame_votes else 'off'}, keyframe votes "
+                                                 f"{'on' if p.mapper.voting.keyframe_votes else 'off'}, at most "
                                                  f"{p.mapper.voting.max_voxels_per_frame or 'all'} voxels voted per frame)"
                                                  if self.mapper.voting is not None else "")
             + (f", objects from {p.mapper.objects.mask_source} masks at {p.node.objects_rate_hz:g} Hz"
@@ -762,7 +764,9 @@ class MappingNode(Node):
             if voting is not None:
                 values.update({"voting.voxels_voted": voting.stats.voxels_voted, "voting.pending_voxels": voting.pending,
                                "voting.pending_dropped": voting.stats.pending_dropped,
-                               "voting.voxels_per_s": f"{voting.stats.voxels_per_s:.0f}"})
+                               "voting.voxels_per_s": f"{voting.stats.voxels_per_s:.0f}",
+                               "voting.frame_vote_voxels": voting.stats.frame_vote_voxels,
+                               "voting.frame_vote_ms": f"{1000 * voting.stats.frame_vote_seconds / max(voting.stats.frame_vote_frames, 1):.1f}"})
         with self._lock:
             for role, rate in self._rates.items():
                 if role not in ("assembled", "integrated"):

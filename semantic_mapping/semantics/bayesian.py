@@ -53,6 +53,7 @@ class PixelSemantics:
         else:
             raise ValueError("frame has no semantics (neither class_probs nor labels)")
         self.probs = probs  # [P, C] float32
+        self.weights: Optional[np.ndarray] = None  # [P] float32 frame-vote weights (`frame_votes`); None: Bayesian product
 
 
 def aggregate_by_voxel(

@@ -194,16 +194,23 @@ def save_checkpoint(path, net: VotingNet, meta: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path, num_classes: int) -> tuple[VotingNet, dict]:
-    """(network in eval mode, meta) from `path`, loaded with weights_only=True; CheckpointError says why not."""
+def read_checkpoint(path, checkpoint_format: str, what: str, error=CheckpointError) -> dict:
+    """The checkpoint dict at `path` (weights_only=True) if it is of `checkpoint_format`; else `error`
+    saying why (missing, unreadable, another format), naming the `what` weights."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise CheckpointError(f"no voting weights at {path}") from exc
+        raise error(f"no {what} weights at {path}") from exc
     except Exception as exc:  # unpickling errors, truncated files
-        raise CheckpointError(f"voting weights at {path} are unreadable: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a voting checkpoint")
+        raise error(f"{what} weights at {path} are unreadable: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != checkpoint_format:
+        raise error(f"{path} is not a {what} checkpoint")
+    return data
+
+
+def load_checkpoint(path, num_classes: int) -> tuple[VotingNet, dict]:
+    """(network in eval mode, meta) from `path`, loaded with weights_only=True; CheckpointError says why not."""
+    data = read_checkpoint(path, CHECKPOINT_FORMAT, "voting")
     if data.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} has checkpoint version {data.get('version')}, this network needs version "
                               f"{CHECKPOINT_VERSION}: retrain it with `semantic-mapping train-voting`")

@@ -3,13 +3,15 @@
 Every new keyframe queues the voxels its depth lands in. Queued voxels are voted in batches: the
 `views_per_voxel` nearest keyframes that see a voxel (SDF visibility test on the fused TSDF)
 give their sampled features and class probabilities, the network weighs them (GNeSF Eq. 3-4),
-and the vote s(x) multiplies the voxel's persistent class distribution like an observation of
-weight `vote_weight` (floored like every observation). Views that leave the keyframe buffer are
-thereby never forgotten: their votes stay in the distribution. The per-frame Bayesian update of
-the pixels goes on underneath, so voxels no keyframe has voted yet keep a distribution; with the
-geometry prior on, each of those observations also multiplies the voxel's distribution by the
-network's π(c | n(x), h(x))^prior_weight, n(x) the voxel's TSDF normal at that time turned
-towards the frame's camera and h(x) its height above the floor.
+and the vote s(x) joins the voxel's persistent class distribution with weight `vote_weight`. Views
+that leave the keyframe buffer are thereby never forgotten: their votes stay in the distribution.
+Underneath, every frame's pixels update the voxels they land in: with frame votes on
+(`VotingConfig.frame_votes`, `semantics.frame_votes`) each pixel votes its probabilities into the
+voxel's weighted mean with a learned weight, and the keyframe votes join that mean (weight in units
+of an average pixel vote); with them off, frames and keyframe votes multiply the distribution as in
+Bayesian fusion (floored like every observation). With the geometry prior on, each frame's
+observation of a voxel is also tilted by the network's π(c | n(x), h(x))^prior_weight, n(x) the
+voxel's TSDF normal at that time turned towards the frame's camera and h(x) its height above the floor.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ import torch
 from semantic_mapping.config import ConfigError, SemanticFusionConfig, VotingConfig
 from semantic_mapping.fusion.voxel_map import VoxelMap, pack_indices
 from semantic_mapping.geometry import backproject_depth, transform_points
+from semantic_mapping.semantics.bayesian import PixelSemantics
+from semantic_mapping.semantics.frame_votes import SHIPPED_WEIGHTS as FRAME_VOTE_WEIGHTS
+from semantic_mapping.semantics.frame_votes import frame_cues
+from semantic_mapping.semantics.frame_votes import load_checkpoint as load_frame_votes
 from semantic_mapping.semantics.keyframes import KeyframeBuffer
 from semantic_mapping.semantics.voting import VotingNet, load_checkpoint
 from semantic_mapping.semantics.voting_data import facing_camera, geometry_encoding, point_views
@@ -47,9 +53,13 @@ class VotingStats:
     vote_seconds: float = 0.0
     prior_voxels: int = 0
     prior_seconds: float = 0.0
+    frame_vote_frames: int = 0
+    frame_vote_voxels: int = 0  # voxel updates by frame votes
+    frame_vote_seconds: float = 0.0  # computing the frames' pixel weights
 
     @property
     def voxels_per_s(self) -> float:
+        """Keyframe votes per second of voting."""
         return self.voxels_voted / self.vote_seconds if self.vote_seconds > 0 else 0.0
 
 
@@ -65,6 +75,7 @@ class SoftVoting:
             raise ConfigError(f"voting.prior_weight must be >= 0 and prior_floor in (0, 1], got "
                               f"{config.prior_weight} and {config.prior_floor}")
         self.net = net.eval()
+        self.frame_net = None  # FrameVoteNet when frames vote with learned weights (`VotingConfig.frame_votes`)
         self.config = config
         self.semantics = semantics
         self.uniform = uniform
@@ -78,7 +89,22 @@ class SoftVoting:
         if not config.learned and not config.geometry_prior:
             return cls(VotingNet(num_classes), config, semantics, uniform=True), {"learned": False}
         net, meta = load_checkpoint(config.weights or SHIPPED_WEIGHTS, num_classes)
-        return cls(net, config, semantics, uniform=not config.learned), meta
+        voting = cls(net, config, semantics, uniform=not config.learned)
+        if config.frame_votes and config.learned:
+            voting.frame_net, meta["frame_votes"] = load_frame_votes(config.frame_vote_weights or FRAME_VOTE_WEIGHTS)
+        return voting, meta
+
+    def frame_vote_weights(self, frame: Frame, semantics: PixelSemantics) -> np.ndarray:  # [P] float32
+        """The learned frame-vote weight of each of the frame's sampled pixels (all 1 with equal view weights)."""
+        if self.uniform:
+            return np.ones(len(semantics.pixel_index), np.float32)
+        start = time.perf_counter()
+        peak = frame.class_probs.max(axis=-1).mean() if frame.class_probs is not None else semantics.probs.max(1).mean()
+        cues = frame_cues(frame.depth_m, frame.intrinsics.K, semantics.pixel_index, semantics.probs, float(peak))
+        weights = self.frame_net.weights(cues)
+        self.stats.frame_vote_frames += 1
+        self.stats.frame_vote_seconds += time.perf_counter() - start
+        return weights
 
     @property
     def semantic_prior(self):
@@ -115,7 +141,9 @@ class SoftVoting:
 
     def observe(self, vmap: VoxelMap, frame: Frame) -> bool:
         """Offer an integrated frame (with semantics) to the keyframe buffer; a new keyframe queues
-        the voxels its depth lands in. True if it became a keyframe."""
+        the voxels its depth lands in. True if it became a keyframe (never without keyframe votes)."""
+        if not self.config.keyframe_votes:
+            return False
         try:
             if not self.buffer.consider(frame):
                 return False
@@ -147,7 +175,8 @@ class SoftVoting:
             voxels = todo[first:first + self.config.batch_voxels]
             votes = self.vote(vmap, torch.from_numpy(voxels * vmap.voxel_size_m).float())  # [B, C]
             has_vote = (votes.sum(1) > 0).numpy()
-            vmap.fuse_distributions(voxels[has_vote], votes.numpy()[has_vote], self.config.vote_weight)
+            vmap.fuse_distributions(voxels[has_vote], votes.numpy()[has_vote], self.config.vote_weight,
+                                    average=self.config.frame_votes)
             self.stats.voxels_without_view += int((~has_vote).sum())
         if len(todo):
             self.stats.voxels_voted += len(todo)

@@ -185,13 +185,18 @@ def parse_seeds(text: str) -> list:
     return seeds
 
 
+def require_development_seeds(seeds: list) -> None:
+    """Refuse benchmark seeds: they are held out from training."""
+    held_out = sorted(set(seeds) & set(BENCHMARK_SEEDS))
+    if held_out:
+        raise ValueError(f"seeds {held_out} are benchmark seeds, held out from training; use development seeds (0-999)")
+
+
 def run_training(out_path, train_seeds: list, val_seeds: list, data: TrainingDataConfig, config: TrainConfig,
                  vote_space: str = "probabilities", voxel_size_m: float = 0.04) -> dict:
     """Prepare the scenes, train, and write the checkpoint (`out_path`), its loss plot (.png) and its
     history (.json) next to it. Returns the checkpoint's meta (config, seeds, validation figures)."""
-    held_out = sorted(set(train_seeds + val_seeds) & set(BENCHMARK_SEEDS))
-    if held_out:
-        raise ValueError(f"seeds {held_out} are benchmark seeds, held out from training; use development seeds (0-999)")
+    require_development_seeds(train_seeds + val_seeds)
     out_path = Path(out_path)
     start = time.perf_counter()
     mapper_config = MapperConfig(fusion=FusionConfig(voxel_size_m=voxel_size_m, device="cpu"), objects=ObjectsConfig(enabled=False))
