@@ -67,6 +67,16 @@ def test_the_map_keeps_the_weighted_mean_of_the_frame_votes():
     assert np.abs(values["class_probs"] - expected).max() < 2e-3  # int16 log fixed point
     assert np.allclose(vmap._flat("semantic_weight")[torch.from_numpy(vmap.lookup(index)[0])].numpy(), 5.0)
     assert (values["semantic_count"] == 3).all()
+    # a distribution fused by another method before (Bayesian product) counts as one vote of weight 1
+    before = rng.dirichlet(np.ones(4), len(index)).astype(np.float32)
+    other = VoxelMap(FusionConfig(voxel_size_m=0.05, device="cpu"), 4, SemanticFusionConfig(context_iterations=0,
+                                                                                           probability_floor=1e-6))
+    for _ in range(3):
+        other.integrate(depth, np.zeros((120, 160, 3), np.uint8), INTR, np.eye(4))
+    other.fuse_distributions(index, before, 1.0)
+    other.fuse_distributions(index, observations[0][0], 3.0, average=True)
+    expected = (before + 3.0 * observations[0][0]) / 4.0
+    assert np.abs(other.voxel_values(index, with_probs=True)["class_probs"] - expected).max() < 2e-3
 
 
 def _frame_with_label(depth, label: int, p: float) -> tuple:

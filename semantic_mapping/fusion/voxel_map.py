@@ -336,7 +336,8 @@ class VoxelMap:
                                log_prior: Optional[np.ndarray] = None) -> None:
         """Add one observation [U, C] (any positive scale; tilted by exp(log_prior)) of weight [U] to the
         weighted mean distribution of each distinct flat voxel [U] (`frame_votes`). A voxel without
-        frame votes yet (total weight 0) takes the observation as it is."""
+        frame votes yet (total weight 0) takes the observation as it is, unless it holds a distribution
+        from before (fused by another method): that counts as one vote of weight 1."""
         cfg = self.semantics_config
         sem, total = self._flat("semantic"), self._flat("semantic_weight")
         index = torch.from_numpy(voxels).to(sem.device)
@@ -345,7 +346,9 @@ class VoxelMap:
             log_obs = log_obs + log_prior
         obs = np.exp(log_obs - log_obs.max(axis=1, keepdims=True))
         obs /= obs.sum(axis=1, keepdims=True)
+        count = self._flat("semantic_count")
         old_weight = total[index, 0].cpu().numpy().astype(np.float64)
+        old_weight[(old_weight == 0) & (count[index, 0].cpu().numpy() > 0)] = 1.0
         mean = class_probabilities(sem[index]).cpu().numpy()  # [U, C]
         new_weight = old_weight + weight
         mixed = (old_weight[:, None] * mean + weight[:, None] * obs) / np.maximum(new_weight, 1e-30)[:, None]
@@ -353,7 +356,6 @@ class VoxelMap:
         log_p -= log_p.max(axis=1, keepdims=True)
         sem[index] = torch.from_numpy(np.rint(log_p * LOG_PROB_SCALE).astype(np.int16)).to(sem.device)
         total[index] = torch.from_numpy(new_weight.astype(np.float32)[:, None]).to(total.device)
-        count = self._flat("semantic_count")
         count[index] = (count[index].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
 
     def _pixel_rays(self, intrinsics: CameraIntrinsics, pixel_index: np.ndarray, width_px: int) -> np.ndarray:
