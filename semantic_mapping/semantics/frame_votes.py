@@ -31,6 +31,12 @@ CHECKPOINT_VERSION = 1
 _EPS = 1e-9
 
 
+def pixel_points(depth_m: np.ndarray, K: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:  # [P, 3] float64
+    """Camera-frame points (metres) of a depth image [H, W] at pixel columns u [P] and rows v [P]."""
+    z = depth_m[v, u].astype(np.float64)
+    return np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=1)
+
+
 def pixel_normals(depth_m: np.ndarray, K: np.ndarray, pixel_index: np.ndarray) -> np.ndarray:  # [P, 3]
     """Unit surface normals (camera frame) of a depth image [H, W] at pixels (flat indices [P]), from
     central differences of the neighbouring pixels' points; zero where a neighbour has no depth or
@@ -41,10 +47,8 @@ def pixel_normals(depth_m: np.ndarray, K: np.ndarray, pixel_index: np.ndarray) -
     def points(du: int, dv: int) -> tuple[np.ndarray, np.ndarray]:  # [P, 3] metres, [P] bool
         uu, vv = u + du, v + dv
         inside = (uu >= 0) & (uu < W) & (vv >= 0) & (vv < H)
-        uu, vv = np.clip(uu, 0, W - 1), np.clip(vv, 0, H - 1)
-        z = depth_m[vv, uu].astype(np.float64)
-        xyz = np.stack([(uu - K[0, 2]) / K[0, 0] * z, (vv - K[1, 2]) / K[1, 1] * z, z], axis=1)
-        return xyz, inside & (z > 0)
+        xyz = pixel_points(depth_m, K, np.clip(uu, 0, W - 1), np.clip(vv, 0, H - 1))
+        return xyz, inside & (xyz[:, 2] > 0)
 
     (right, ok_r), (left, ok_l), (down, ok_d), (up, ok_u) = (points(1, 0), points(-1, 0), points(0, 1), points(0, -1))
     normal = np.cross(right - left, down - up) * (ok_r & ok_l & ok_d & ok_u)[:, None]

@@ -24,7 +24,8 @@ import torch
 from semantic_mapping.atomic_files import atomic_write_bytes
 from semantic_mapping.config import FusionConfig
 from semantic_mapping.fusion.voxel_map import pack_indices
-from semantic_mapping.semantics.frame_votes import FrameVoteNet, frame_cues, save_checkpoint
+from semantic_mapping.geometry.pose import transform_points
+from semantic_mapping.semantics.frame_votes import FrameVoteNet, frame_cues, pixel_points, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,12 @@ def _sampled_pixels(depth_m: np.ndarray, stride: int, depth_range: tuple) -> np.
 
 
 def _pixel_voxel_keys(frame, pixel_index: np.ndarray, voxel_size_m: float) -> np.ndarray:  # [P] int64
-    H, W = frame.depth_m.shape
-    v, u = np.divmod(pixel_index, W)
-    K = frame.intrinsics.K
-    z = frame.depth_m.reshape(-1)[pixel_index].astype(np.float64)
-    cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=1)
-    world = cam @ frame.T_world_cam[:3, :3].T + frame.T_world_cam[:3, 3]
-    return pack_indices(np.floor(world / voxel_size_m + 0.5).astype(np.int64))
+    """Packed index of the voxel each pixel's depth point (flat pixel indices [P]) lies in."""
+    from semantic_mapping.sim.ground_truth import voxel_indices
+
+    v, u = np.divmod(pixel_index, frame.depth_m.shape[1])
+    world = transform_points(frame.T_world_cam, pixel_points(frame.depth_m, frame.intrinsics.K, u, v))
+    return pack_indices(voxel_indices(world, voxel_size_m))
 
 
 def collect_scene(seed: int, config: FrameVoteTrainConfig, num_classes: int) -> FrameVoteScene:
