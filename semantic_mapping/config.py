@@ -279,6 +279,10 @@ class ObjectsConfig:
     """Extraction: voxels that masks cover in under this share of the kept views that see them, and that the semantic map labels with an object class, are grouped by that class instead of by slot (objects too small for a mask in every view, or that no view saw); 0: off."""
     min_object_voxels: int = 30
     """A connected part of a slot with fewer voxels is not an object."""
+    render_gap_fraction: float = 0.02
+    """Rendered object images: pixels without an object (raycast cracks, surfaces no fused frame saw,
+    voxels left out of every object) in gaps between objects narrower than this fraction of the image
+    width take the nearest object's id; wider empty regions stay empty (0: off)."""
     seed: int = 0
     """Seed of the feature initialisation and of the view sampling."""
     geometric: GeometricMaskConfig = field(default_factory=GeometricMaskConfig)

@@ -9,7 +9,7 @@ import torch
 
 from semantic_mapping.config import CameraConfig, FusionConfig, MapperConfig, ObjectsConfig, SimConfig
 from semantic_mapping.objects.slot_field import SlotField, match_masks, slot_losses, soft_iou_affinity
-from semantic_mapping.objects.slots import _connected_parts, _join_parts, _part_class_totals, _part_kinds, _unmasked_by_class, dilate_ids, gravity_aligned_box
+from semantic_mapping.objects.slots import _connected_parts, _join_parts, _part_class_totals, _part_kinds, _unmasked_by_class, close_gaps, dilate_ids, gravity_aligned_box
 
 
 def test_affinity_is_soft_iou():
@@ -326,6 +326,20 @@ def test_slots_grow_with_the_masks_of_a_view():
     field.optimise(3)
     assert np.isfinite(field.last_losses["match"])
     assert not field.add_view(voxels, np.zeros(50, int), 1)  # no mask: not a view
+
+
+def test_render_gaps_between_objects_are_closed_and_open_space_stays_empty():
+    ids = np.zeros((40, 40), np.int32)
+    ids[:20, :18] = 1
+    ids[:20, 20:] = 2  # two columns between the objects
+    ids[10, 2:16] = 0  # a one-pixel crack through object 1
+    closed = close_gaps(ids, 6)
+    assert (closed[10, 2:16] == 1).all()
+    assert (closed[:20, 18] == 1).all() and (closed[:20, 19] == 2).all()  # each gap pixel takes the nearest object
+    assert (closed[24:] == 0).all()  # the empty region wider than the gap stays empty
+    assert (closed[ids > 0] == ids[ids > 0]).all()
+    assert (close_gaps(ids, 0) == ids).all() and (close_gaps(ids, 1) == ids).all()
+    assert (close_gaps(ids, 2)[:20, 18:20] > 0).all()  # gaps up to 2 pixels wide
 
 
 def test_dilation_and_box():

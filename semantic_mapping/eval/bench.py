@@ -270,7 +270,7 @@ def format_table(figures: list) -> str:
             d = f.detail
             ref = (f"masks {d['masks']:.4f}, no matching {d['no_matching']:.4f}, no L_TV {d['no_tv']:.4f}, no votes {d['no_votes']:.4f}, "
                    f"no join {d['no_join']:.4f}, no seams {d['no_seams']:.4f}, no class groups {d['no_class_groups']:.4f}, joined across roles {d['join_across_roles']:.4f}, "
-                   f"joined whatever the classes {d['join_any_classes']:.4f}; "
+                   f"joined whatever the classes {d['join_any_classes']:.4f}, gaps not closed {d['no_gap_closing']:.4f}; "
                    f"image_gt {d['image_gt']:.4f} vs masks {d['masks_image_gt']:.4f}; "
                    f"within depth_max_m {d['in_range']:.4f} vs masks {d['masks_in_range']:.4f}")
             if "beyond_range_share" in d:

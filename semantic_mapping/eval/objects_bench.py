@@ -7,7 +7,7 @@ to the very same views in the same run; the extraction ablations (objects from t
 without the views' mask votes, parts never joined, parts joined by whole-part masks only and not
 along their seams, unmasked voxels not grouped by class, object parts
 joined to walls and floors and so also whatever their classes, object parts joined whatever their
-classes) read the full method's field. At each
+classes, renders without their narrow gaps closed) read the full method's field. At each
 held-out pose, the map's objects rendered there and the simulated masks of that (never fused) view
 are scored against the ground-truth segments with DiscoNeRF's IoU, BD and SBD. The ground truth is
 one segment per object instance and per floor, wall or ceiling plane, the same 3D surfaces in every
@@ -44,7 +44,7 @@ VARIANTS = {"full": {}, "no_matching": {"matching": "argmax"}, "no_tv": {"lambda
 """Ablations that fit their own field."""
 EXTRACTION_VARIANTS = {"no_votes": {"mask_votes": False}, "no_join": {"join_share": 0.0}, "no_seams": {"join_seams": False},
                        "no_class_groups": {"unmasked_class_share": 0.0}, "join_across_roles": {"join_across_roles": True},
-                       "join_any_classes": {"join_class_overlap": 0.0}}
+                       "join_any_classes": {"join_class_overlap": 0.0}, "no_gap_closing": {"render_gap_fraction": 0.0}}
 """Ablations of the extraction alone: objects read out of the full method's fitted field."""
 FIT_THREADS = 1
 """Torch threads of the fits: they are reproducible on any thread count, but their float sums, and so

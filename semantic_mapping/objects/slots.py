@@ -67,6 +67,17 @@ def dilate_ids(ids: np.ndarray, pixels: int) -> np.ndarray:
     return ids
 
 
+def close_gaps(ids: np.ndarray, gap_px: int) -> np.ndarray:
+    """Id image [H, W] whose pixels of id 0 in gaps between masks up to `gap_px` wide (rounded down to
+    even) take the nearest mask's id (a morphological closing of the masked pixels); wider empty
+    regions stay 0."""
+    size = 2 * (int(gap_px) // 2) + 1  # a centred square closes gaps up to size - 1 pixels wide
+    if size < 3:
+        return ids
+    enclosed = cv2.morphologyEx((ids > 0).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((size, size), np.uint8)) > 0
+    return np.where(enclosed & (ids == 0), dilate_ids(ids, gap_px), ids)
+
+
 def surface_points(voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(hit [H, W] bool, world points [P, 3] metres of the hit pixels, row-major) of the map raycast."""
     depth = voxel_map.raycast(intrinsics, T_world_cam, with_labels=False).depth_m  # [H, W] metres
@@ -334,11 +345,12 @@ class ObjectSlots:
 
     def render_ids(self, voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> np.ndarray:
         """Object id image [H, W] int32 (0 = none) of the map seen from a camera, from the last extraction:
-        each pixel takes the object at its raycast surface point."""
+        each pixel takes the object at its raycast surface point, and gaps between objects narrower than
+        `render_gap_fraction` of the width are closed (`close_gaps`)."""
         hit, points_world = surface_points(voxel_map, intrinsics, T_world_cam)
         out = np.zeros(hit.shape, np.int32)
         out[hit] = self.object_ids(points_world / voxel_map.voxel_size_m)
-        return out
+        return close_gaps(out, int(round(self.config.render_gap_fraction * intrinsics.width_px)))
 
 
 def _connected_parts(indices: np.ndarray, slot: np.ndarray) -> np.ndarray:  # [N] int64

@@ -321,6 +321,7 @@ def _check_objects(o) -> None:
         ("join_share", o.join_share, 0.0, 1.0, False),
         ("join_class_overlap", o.join_class_overlap, 0.0, 1.0, False),
         ("unmasked_class_share", o.unmasked_class_share, 0.0, 1.0, False),
+        ("render_gap_fraction", o.render_gap_fraction, 0.0, 1.0, False),
         ("geometric.depth_edge_rel", o.geometric.depth_edge_rel, 0.0, math.inf, True),
         ("geometric.normal_edge_deg", o.geometric.normal_edge_deg, 0.0, 180.0, True),
     ):
