@@ -250,6 +250,8 @@ def format_table(figures: list) -> str:
             d = f.detail
             ref = (f"{d['integrated']} of {d['frames']} frames integrated at {d['rate_hz']:g} Hz, {d['width_px']} px, "
                    f"{'reliable' if d['reliable_inputs'] else 'best-effort'} inputs")
+        elif f.name == "node.objects_rate_hz":
+            ref = f"~/objects while the frames stream in, configured {f.detail['objects_rate_hz_configured']:g} Hz"
         elif f.name == "voting.gain_vs_bayesian":
             ref = f"voting {f.detail['voting_miou_3d']:.4f} vs Bayesian {f.detail['bayesian_miou_3d']:.4f} 3D mIoU"
         elif f.name == "voting.gain_vs_bayesian_hard_noise":

@@ -10,7 +10,8 @@ measured by the node over its last 300 frames). Object slots run as the node run
 driver publishes on instances/masks); the objects the node published for the last frames are
 reported beside the figures. Scene completion runs as the launch file runs it (completion.enabled, in the
 library's worker thread; --no-completion turns it off); node.integrated_rate_hz is the input rate the
-node kept up with (frames integrated per second of input), and the completion worker's counters (status,
+node kept up with (frames integrated per second of input), node.objects_rate_hz the rate of ~/objects
+while the frames stream in (node.objects_rate_hz configured: 1 Hz), and the completion worker's counters (status,
 chunks completed, ms per chunk) are reported beside it. No ROS import here: it runs from the library venv.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from semantic_mapping.ros import proc
+from semantic_mapping.ros.node_config import NodeConfig
 
 LIVE_VOTING = {"semantics.method": "voting", "voting.max_voxels_per_frame": 400, "semantics.context_max_age_s": 1.0}
 """Soft voting as launch/mapping.launch.py runs it (its voting_voxels_per_frame default; label context at most 1 s old)."""
@@ -91,6 +93,7 @@ def run_node_benchmark(
         "node.integrated_rate_hz": rate_hz * r["integrated"] / max(r["published"], 1),
         "node.latency_ms_p50": float(r["latency_ms_p50"]),
         "node.latency_ms_p95": float(r["latency_ms_p95"]),
+        "node.objects_rate_hz": float(r.get("objects_rate_hz", 0.0)),
         "detail": {
             "seed": seed, "frames": r["published"], "integrated": r["integrated"], "width_px": width_px,
             "rate_hz": rate_hz, "voxel_size_m": voxel_size_m, "drops": r["drops"], "memory_mb": r["memory_mb"],
@@ -98,6 +101,7 @@ def run_node_benchmark(
             "reliable_inputs": bool(reliable), "params": extra_params,
             "renders_received": r["renders_received"] if watch_renders else None,
             "objects": r.get("object_count", 0), "objects_fresh": r.get("objects_fresh", False),
+            "objects_rate_hz_configured": float(params.get("node.objects_rate_hz", NodeConfig().objects_rate_hz)),
             "objects_classes": r.get("objects", {}).get("classes", []),
             "objects_diagnostics": r.get("objects_diagnostics", {}),
             "completion": params["completion.enabled"],
@@ -110,7 +114,7 @@ def figures(result: dict) -> list:
     """Benchmark records {"name", "value", "unit", "seeds", "detail"} (the format of eval/bench.py)."""
     seeds = [result["detail"]["seed"]]
     units = {"node.drop_rate": "fraction", "node.latency_ms_p50": "ms", "node.latency_ms_p95": "ms",
-             "node.integrated_rate_hz": "Hz"}
+             "node.integrated_rate_hz": "Hz", "node.objects_rate_hz": "Hz"}
     return [{"name": name, "value": result[name], "unit": unit, "seeds": seeds, "detail": result["detail"]}
             for name, unit in units.items() if name in result]
 
@@ -147,7 +151,8 @@ def main(argv=None) -> int:
           f"{100 * result['node.drop_rate']:.1f} %, latency image stamp -> map update "
           f"median {result['node.latency_ms_p50']:.0f} ms, p95 {result['node.latency_ms_p95']:.0f} ms, "
           f"{result['detail']['renders_received'] if not args.no_renders else 'no'} renders watched, "
-          f"{result['detail']['objects']} objects published"
+          f"{result['detail']['objects']} objects published at {result['node.objects_rate_hz']:.2f} Hz "
+          f"(configured {result['detail']['objects_rate_hz_configured']:g} Hz)"
           f"{'' if result['detail']['objects_fresh'] else ' (not of the last frames)'} "
           f"({time.monotonic() - t0:.0f} s)")
     print(f"input rate kept up with: {result['node.integrated_rate_hz']:.2f} Hz of {args.rate:g} Hz, completion "

@@ -99,6 +99,7 @@ class Driver(Node):
             self.pubs[topic] = self.create_publisher(t, topic, SENSOR_PUB_QOS)
         self.latest = {}
         self.counts = {}
+        self.received_s = {}  # key -> monotonic receive times (s)
         for key, topic, t in (("label_space", "label_space", LabelSpaceMsg), ("status", "status", MapperStatus),
                               ("objects", "objects", ObjectSlotArray), ("object_markers", "object_markers", MarkerArray)):
             self.create_subscription(t, f"/{node_name}/{topic}", lambda m, k=key: self._store(k, m), MAP_QOS)
@@ -124,6 +125,13 @@ class Driver(Node):
     def _store(self, key, msg):
         self.latest[key] = msg
         self.counts[key] = self.counts.get(key, 0) + 1
+        self.received_s.setdefault(key, []).append(time.monotonic())
+
+    def rate_hz(self, key: str, start_s: float, end_s: float) -> float:
+        """Messages per second of `key` received between monotonic times start_s and end_s, from the
+        first to the last of them (0 with fewer than two)."""
+        times = [t for t in self.received_s.get(key, []) if start_s <= t <= end_s]
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
     def spin_for(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -398,7 +406,9 @@ def run(args) -> dict:
             frames = frames[3:]
         if args.watch_renders:
             driver.subscribe_renders()
+        stream_start_s = time.monotonic()
         stamps = stream(driver, frames, args.rate)
+        stream_end_s = time.monotonic()
         total = len(frames)
 
         def settled():
@@ -428,6 +438,7 @@ def run(args) -> dict:
             "objects_fresh": objects_fresh,
             "object_count": len(driver.latest["objects"].slots) if "objects" in driver.latest else 0,
             "objects_messages": driver.counts.get("objects", 0),
+            "objects_rate_hz": driver.rate_hz("objects", stream_start_s, stream_end_s),
         })
         label_names = list(driver.latest["label_space"].names)
         if "objects" in driver.latest:
