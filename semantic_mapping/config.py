@@ -281,8 +281,8 @@ class ObjectsConfig:
     """A connected part of a slot with fewer voxels is not an object."""
     render_gap_fraction: float = 0.02
     """Rendered object images: pixels without an object (raycast cracks, surfaces no fused frame saw,
-    voxels left out of every object) in gaps between objects narrower than this fraction of the image
-    width take the nearest object's id; wider empty regions stay empty (0: off)."""
+    voxels left out of every object) in gaps between objects up to this fraction of the image width wide
+    take the nearest object's id; wider empty regions stay empty (0: off)."""
     seed: int = 0
     """Seed of the feature initialisation and of the view sampling."""
     geometric: GeometricMaskConfig = field(default_factory=GeometricMaskConfig)

@@ -345,8 +345,8 @@ class ObjectSlots:
 
     def render_ids(self, voxel_map: VoxelMap, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray) -> np.ndarray:
         """Object id image [H, W] int32 (0 = none) of the map seen from a camera, from the last extraction:
-        each pixel takes the object at its raycast surface point, and gaps between objects narrower than
-        `render_gap_fraction` of the width are closed (`close_gaps`)."""
+        each pixel takes the object at its raycast surface point, and gaps between objects up to
+        `render_gap_fraction` of the width wide are closed (`close_gaps`)."""
         hit, points_world = surface_points(voxel_map, intrinsics, T_world_cam)
         out = np.zeros(hit.shape, np.int32)
         out[hit] = self.object_ids(points_world / voxel_map.voxel_size_m)

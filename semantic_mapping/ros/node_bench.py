@@ -11,7 +11,7 @@ driver publishes on instances/masks); the objects the node published for the las
 reported beside the figures. Scene completion runs as the launch file runs it (completion.enabled, in the
 library's worker thread; --no-completion turns it off); node.integrated_rate_hz is the input rate the
 node kept up with (frames integrated per second of input), node.objects_rate_hz the rate of ~/objects
-while the frames stream in (node.objects_rate_hz configured: 1 Hz), and the completion worker's counters (status,
+while the frames stream in (against the node parameter of that name, 1 Hz by default), and the completion worker's counters (status,
 chunks completed, ms per chunk) are reported beside it. No ROS import here: it runs from the library venv.
 """
 
