@@ -93,6 +93,35 @@ def test_context_follows_the_map(world):
     assert len(mapper.labelled_voxels().labels) == 0
 
 
+def test_background_context_is_refreshed_by_its_owner_and_never_by_reads(world):
+    """With `background` (the ROS node), reads use the latest refreshed read-out and never recompute;
+    the owner's snapshot + refresh gives the labels a reader would compute itself."""
+    frames = [world.render(T, i * 33_000_000) for i, T in enumerate(trajectory())]
+    mappers = [Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu"))) for _ in range(2)]
+    background, foreground = mappers
+    context = background.map.context
+    context.background = True
+    for frame in frames:
+        for mapper in mappers:
+            mapper.integrate(_with_wrong_patch(frame))
+    assert context.refreshes == 0  # nothing refreshed yet: every voxel reads its own distribution
+    plain, inside = _patch_voxels(background)
+    assert inside.sum() > 0 and np.mean(plain.labels[inside] == OBJECT) > 0.9
+    assert context.due()  # the read asked for a refresh
+    snapshot = context.snapshot(background.map)
+    context.refresh(snapshot)
+    assert context.snapshot(background.map) is None and not context.due()  # of the current version
+    voxels, inside = _patch_voxels(background)
+    assert np.mean(voxels.labels[inside] == WALL) > 0.9
+    assert np.array_equal(voxels.labels, foreground.labelled_voxels().labels)
+    for i, T in enumerate(trajectory()[:2]):  # the map changes
+        assert background.integrate(_with_wrong_patch(world.render(T, (len(frames) + i) * 33_000_000))).accepted
+    background.labelled_voxels()
+    assert context.refreshes == 1 and context.due()
+    background.reset()
+    assert len(background.labelled_voxels().labels) == 0
+
+
 def test_ceiling_normals_face_down_with_nothing_observed_above():
     # voxel, +x, -x, +y, -y, +z (unobserved: above the ceiling), -z (free space below)
     sdf = np.array([[0.0, 0.0, 0.0, 0.0, 0.0, 9.9, 0.04]])

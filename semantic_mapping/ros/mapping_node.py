@@ -112,6 +112,8 @@ RUNTIME_PARAMETERS = {"node.voxels_rate_hz", "node.mesh_rate_hz", "node.grid_rat
 OBJECT_STEPS_PER_CHUNK = 2
 # before each chunk the objects thread lets queued frames be integrated first, waiting this long at most
 OBJECT_YIELD_MAX_S = 0.25
+# the labels' context thread checks this often whether a read asked for a refresh
+CONTEXT_POLL_S = 0.05
 
 SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=10,
                         durability=DurabilityPolicy.VOLATILE)
@@ -251,6 +253,11 @@ class MappingNode(Node):
         self._render_thread.start()
         self._objects_thread = threading.Thread(target=self._objects_loop, name="objects_worker", daemon=True)
         self._objects_thread.start()
+        self._context_thread = None
+        if self.mapper.map.context is not None:  # labels' surface context: refreshed here, off the map lock
+            self.mapper.map.context.background = True
+            self._context_thread = threading.Thread(target=self._context_loop, name="context_worker", daemon=True)
+            self._context_thread.start()
         self.get_logger().info(
             f"ready: voxel {self.mapper.voxel_size_m:.3f} m on {self.mapper.map.device}, pose from "
             f"{p.node.pose_source}, map frame '{p.node.map_frame}', queue {p.node.queue_size}, semantics "
@@ -615,6 +622,25 @@ class MappingNode(Node):
             self._render_stats = {"renders": self._render_stats["renders"] + 1,
                                   "last_ms": 1000 * (time.perf_counter() - t0), "gaussians": len(scene)}
 
+    # ------------------------------------------------------------------ label context
+    def _context_loop(self) -> None:
+        """Refresh the labels' surface context when a read found it out of date (outputs, renders, object
+        classes) and it is at least `semantics.context_max_age_s` old: the map read under its lock, the
+        diffusion without it, so reads never wait for it."""
+        context, vmap = self.mapper.map.context, self.mapper.map
+        while self._running and self.context.ok():
+            try:
+                if context.due():
+                    with self._mapper_lock:
+                        snapshot = context.snapshot(vmap)
+                    if snapshot is not None:
+                        context.refresh(snapshot)
+            except Exception as exc:
+                if not (self._running and self.context.ok()):
+                    return
+                self.get_logger().error(f"label context: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+            self._stop.wait(CONTEXT_POLL_S)
+
     # ------------------------------------------------------------------ objects
     def _objects_loop(self) -> None:
         extracted_version = None  # map version of the last extraction
@@ -759,7 +785,8 @@ class MappingNode(Node):
             context = self.mapper.map.context
             if context is not None:
                 values.update({"semantics.context_refreshes": context.refreshes,
-                               "semantics.context_ms": f"{context.ms_per_refresh:.0f}"})
+                               "semantics.context_ms": f"{context.ms_per_refresh:.0f}",
+                               "semantics.context_map_lock_ms": f"{context.read_ms_per_refresh:.0f}"})
             voting = self.mapper.voting
             if voting is not None:
                 values.update({"voting.voxels_voted": voting.stats.voxels_voted, "voting.pending_voxels": voting.pending,
@@ -844,6 +871,8 @@ class MappingNode(Node):
         self._worker.join(timeout=5.0)
         self._render_thread.join(timeout=5.0)
         self._objects_thread.join(timeout=5.0)
+        if self._context_thread is not None:
+            self._context_thread.join(timeout=5.0)
         self.mapper.close()
 
 

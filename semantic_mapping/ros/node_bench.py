@@ -106,6 +106,7 @@ def run_node_benchmark(
             "objects_diagnostics": r.get("objects_diagnostics", {}),
             "completion": params["completion.enabled"],
             "completion_diagnostics": r.get("completion_diagnostics", {}),
+            "context_diagnostics": r.get("context_diagnostics", {}),
         },
     }
 
@@ -158,9 +159,10 @@ def main(argv=None) -> int:
     print(f"input rate kept up with: {result['node.integrated_rate_hz']:.2f} Hz of {args.rate:g} Hz, completion "
           + (", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in result["detail"]["completion_diagnostics"].items())
              or ("on" if result["detail"]["completion"] else "off")))
-    objects = result["detail"]["objects_diagnostics"]
-    if objects:
-        print("objects: " + ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in objects.items()))
+    for name in ("objects", "context"):
+        diagnostics = result["detail"][f"{name}_diagnostics"]
+        if diagnostics:
+            print(f"{name}: " + ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in diagnostics.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(figures(result), indent=2))
     return 0

@@ -447,6 +447,7 @@ def run(args) -> dict:
             result["object_markers"] = markers_summary(driver.latest["object_markers"])
         result["objects_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("objects.")}
         result["completion_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("completion.")}
+        result["context_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("semantics.context")}
         if not args.checks:
             return result
         result["completion_drained"] = wait_for_completion(driver, args.completion_timeout)

@@ -8,7 +8,7 @@ so the average stops at edges such as a wall meeting the floor), and that averag
 `context_iterations` times (a diffusion over the surface, reaching about sqrt(iterations) voxels). The
 voxel's label distribution is then p(x) * mean(x)^context_weight, renormalised. The stored
 distributions never change: this is a read-out, recomputed for the whole map when it has changed
-(at most every `context_max_age_s`).
+(at most every `context_max_age_s`), by the reader or, in the ROS node, by a thread of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from typing import NamedTuple, Optional
 
 import numpy as np
-from scipy.sparse import csr_matrix
+from scipy.sparse import csr_matrix, diags, identity
 
 from semantic_mapping.config import SemanticFusionConfig
 from semantic_mapping.fusion.voxel_map import VoxelMap, neighbour_pairs, pack_indices, sorted_positions
@@ -66,12 +66,27 @@ def context_log_probs(log_probs: np.ndarray, adjacency: csr_matrix, iterations: 
     p = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     degree = np.asarray(adjacency.sum(axis=1), np.float32).ravel() + 1.0  # [N] neighbours and the voxel itself
+    # one averaging step as one sparse product: rows of (A + I) / degree
+    step = (diags(1.0 / degree) @ (adjacency + identity(len(p), np.float32, format="csr"))).tocsr().astype(np.float32)
     mean = p
     for _ in range(iterations):
-        mean = (adjacency @ mean + mean) / degree[:, None]
+        mean = step @ mean
     out = np.log(np.maximum(p, 1e-30)) + weight * np.log(np.maximum(mean, _MIN_MEAN_PROB))
     out -= out.max(axis=1, keepdims=True)
     return (out - np.log(np.exp(out).sum(axis=1, keepdims=True))).astype(np.float32)
+
+
+class ContextSnapshot(NamedTuple):
+    """What a recompute of the read-out needs from the map, read at one map version."""
+
+    generation: int
+    version: int
+    taken_at_s: float  # time.monotonic()
+    read_seconds: float  # spent reading the map
+    keys_sorted: np.ndarray  # [N] int64 packed voxel indices of the labelled voxels, sorted
+    indices: np.ndarray  # [N, 3] int64 their integer voxel indices
+    log_probs: np.ndarray  # [N, C] float32 their stored log-probabilities
+    normals: np.ndarray  # [N, 3] their TSDF normals
 
 
 class _Decoded(NamedTuple):
@@ -83,7 +98,14 @@ class _Decoded(NamedTuple):
 
 
 class SpatialContext:
-    """The map's label read-out with surface context, cached per map version."""
+    """The map's label read-out with surface context, cached per map version.
+
+    By default a read of a changed map recomputes the read-out (when it is older than
+    `context_max_age_s`). With `background` set, reads never recompute: they use the latest read-out of
+    the current map (none yet: every voxel reads its own distribution) and, when it is out of date, ask
+    for a refresh (`due`), which another thread makes with `snapshot` (under the map's lock) and
+    `refresh` (without it), as the ROS node does.
+    """
 
     def __init__(self, config: SemanticFusionConfig):
         if config.context_iterations < 0 or config.context_weight < 0 or config.context_max_age_s < 0:
@@ -92,8 +114,11 @@ class SpatialContext:
         if not -1.0 <= config.context_min_normal_dot <= 1.0:
             raise ValueError(f"semantics.context_min_normal_dot must be in [-1, 1], got {config.context_min_normal_dot}")
         self.config = config
+        self.background = False
+        self._requested = False  # background: a read found the read-out out of date
         self._decoded: Optional[_Decoded] = None
         self.seconds = 0.0  # spent recomputing, in total
+        self.read_seconds = 0.0  # of which reading the map
         self.refreshes = 0
         self.voxels = 0  # labelled voxels of the last recompute
 
@@ -101,28 +126,60 @@ class SpatialContext:
     def ms_per_refresh(self) -> float:
         return 1000 * self.seconds / max(self.refreshes, 1)
 
+    @property
+    def read_ms_per_refresh(self) -> float:
+        return 1000 * self.read_seconds / max(self.refreshes, 1)
+
     def log_probs(self, vmap: VoxelMap, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found [N] bool, log-probabilities [N, C] with context) of voxels by packed key [N]; voxels
         labelled after the cached read-out are not found (their own distribution stands)."""
         decoded = self._current(vmap)
+        if decoded is None:
+            return np.zeros(len(keys), bool), np.zeros((0, vmap.num_classes), np.float32)
         pos = sorted_positions(decoded.keys_sorted, keys)
         return pos >= 0, decoded.log_probs[pos[pos >= 0]]
 
-    def _current(self, vmap: VoxelMap) -> _Decoded:
-        d, now = self._decoded, time.monotonic()
-        if d is not None and d.generation == vmap.generation and (
-                d.version == vmap.version or now - d.computed_at_s < self.config.context_max_age_s):
-            return d
-        start = time.perf_counter()
+    def snapshot(self, vmap: VoxelMap) -> Optional[ContextSnapshot]:
+        """The map's labelled voxels and their normals, or None when the read-out is of the map's current
+        version. Reads the map: hold its lock."""
+        self._requested = False
+        d = self._decoded
+        if d is not None and d.generation == vmap.generation and d.version == vmap.version:
+            return None
+        now, start = time.monotonic(), time.perf_counter()
         indices, log_probs = vmap.semantic_voxels()
         keys = pack_indices(indices)
         order = np.argsort(keys)
         indices, log_probs, keys = indices[order], log_probs[order], keys[order]
-        adjacency = surface_adjacency(indices, voxel_normals(vmap, indices), self.config.context_min_normal_dot)
-        out = context_log_probs(log_probs, adjacency, self.config.context_iterations, self.config.context_weight)
-        self._decoded = _Decoded(vmap.generation, vmap.version, now, keys, out)
-        self.seconds += time.perf_counter() - start
-        self.refreshes += 1
-        self.voxels = len(keys)
-        return self._decoded
+        normals = voxel_normals(vmap, indices)
+        return ContextSnapshot(vmap.generation, vmap.version, now, time.perf_counter() - start, keys, indices,
+                               log_probs, normals)
 
+    def refresh(self, snapshot: ContextSnapshot) -> None:
+        """Recompute the read-out from a snapshot and keep it (no map access: needs no lock)."""
+        start = time.perf_counter()
+        adjacency = surface_adjacency(snapshot.indices, snapshot.normals, self.config.context_min_normal_dot)
+        out = context_log_probs(snapshot.log_probs, adjacency, self.config.context_iterations, self.config.context_weight)
+        self._decoded = _Decoded(snapshot.generation, snapshot.version, snapshot.taken_at_s, snapshot.keys_sorted, out)
+        self.seconds += snapshot.read_seconds + time.perf_counter() - start
+        self.read_seconds += snapshot.read_seconds
+        self.refreshes += 1
+        self.voxels = len(snapshot.keys_sorted)
+
+    def due(self) -> bool:
+        """Background: whether a read asked for a refresh and the read-out is at least
+        `context_max_age_s` old."""
+        d = self._decoded
+        return self._requested and (d is None or time.monotonic() - d.computed_at_s >= self.config.context_max_age_s)
+
+    def _current(self, vmap: VoxelMap) -> Optional[_Decoded]:
+        d = self._decoded
+        current = d is not None and d.generation == vmap.generation
+        if self.background:
+            if not (current and d.version == vmap.version):
+                self._requested = True
+            return d if current else None
+        if current and (d.version == vmap.version or time.monotonic() - d.computed_at_s < self.config.context_max_age_s):
+            return d
+        self.refresh(self.snapshot(vmap))
+        return self._decoded

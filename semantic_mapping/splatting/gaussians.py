@@ -6,7 +6,9 @@ observed, the voxel's colour, and the voxel's fused class distribution as featur
 of it are view-consistent by construction: every view reads the same fused 3D semantics.
 
 The scene follows the map incrementally: `update` rebuilds only the Gaussians of blocks the map
-changed since the last update (`VoxelMap.changed_blocks`).
+changed since the last update (`VoxelMap.changed_blocks`), and when the labels' surface context was
+recomputed (`semantics.context`: a change can reach voxels far from it) re-reads every Gaussian's
+class distribution.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class GaussianScene:
         self.device = torch.device(device)
         self._generation = -1
         self._version = -1
+        self._context_refreshes = -1  # the map's label-context refresh count the class distributions were read at
         self._clear()
 
     def _clear(self) -> None:
@@ -96,6 +99,7 @@ class GaussianScene:
         self.opacities = torch.zeros((0,), device=self.device)
         self.colors = torch.zeros((0, 3), device=self.device)
         self.class_probs = torch.zeros((0, self.num_classes), device=self.device)
+        self.voxel_indices = np.zeros((0, 3), np.int64)  # [N, 3] each Gaussian's integer voxel index
         self.block_keys = np.zeros(0, np.int64)  # [N] packed block coordinate of each Gaussian's voxel
 
     @classmethod
@@ -125,26 +129,37 @@ class GaussianScene:
         return t2 * torch.eye(3, device=self.device) + (n2 - t2) * n[:, :, None] * n[:, None, :]
 
     def update(self, voxel_map: VoxelMap) -> int:
-        """Rebuild the Gaussians of blocks the map changed since the last update; returns how many blocks."""
+        """Rebuild the Gaussians of blocks the map changed since the last update, and re-read every class
+        distribution when the labels' context was recomputed; returns how many blocks changed."""
         if voxel_map.generation != self._generation:
             self._clear()
             self._generation, self._version = voxel_map.generation, -1
-        version = voxel_map.version
         changed = voxel_map.changed_blocks(self._version)
-        self._version = version
-        if len(changed) == 0:
+        self._version = voxel_map.version
+        fresh, stale = None, np.zeros(len(self), bool)
+        if len(changed):
+            # A voxel's normal reads its face neighbours, which may lie in a face-adjacent block.
+            blocks = np.unique(np.concatenate([changed, *(changed + s for s in _AXIS_STEPS),
+                                               *(changed - s for s in _AXIS_STEPS)]), axis=0)
+            stale = np.isin(self.block_keys, pack_indices(blocks))
+            fresh = gaussians_from_voxels(voxel_map, voxel_map.block_voxel_indices(blocks), self.config)
+        context = voxel_map.context  # its refreshes counted after the fresh blocks' reads (which may refresh it)
+        refreshes = context.refreshes if context is not None else -1
+        reread = refreshes != self._context_refreshes and bool((~stale).any())
+        self._context_refreshes = refreshes
+        if fresh is None and not reread:
             return 0
-        # A voxel's normal reads its face neighbours, which may lie in a face-adjacent block.
-        blocks = np.unique(np.concatenate([changed, *(changed + s for s in _AXIS_STEPS), *(changed - s for s in _AXIS_STEPS)]),
-                           axis=0)
-        stale = np.isin(self.block_keys, pack_indices(blocks))
-        fresh = gaussians_from_voxels(voxel_map, voxel_map.block_voxel_indices(blocks), self.config)
         keep = torch.from_numpy(~stale).to(self.device)
-        for name in self.FIELDS:
-            new = torch.from_numpy(fresh[name]).to(self.device)
-            setattr(self, name, torch.cat([getattr(self, name)[keep], new]))
-        new_keys = pack_indices(np.floor_divide(fresh["voxel_indices"], voxel_map.block_resolution))
-        self.block_keys = np.concatenate([self.block_keys[~stale], new_keys])
+        kept = {name: getattr(self, name)[keep] for name in self.FIELDS}
+        kept_indices = self.voxel_indices[~stale]
+        if reread:
+            kept["class_probs"] = torch.from_numpy(
+                voxel_map.voxel_values(kept_indices, with_probs=True)["class_probs"]).to(self.device)
+        for name in self.FIELDS:  # new tensors: snapshots keep rendering the old ones
+            parts = [kept[name]] + ([torch.from_numpy(fresh[name]).to(self.device)] if fresh is not None else [])
+            setattr(self, name, torch.cat(parts))
+        self.voxel_indices = np.concatenate([kept_indices] + ([fresh["voxel_indices"]] if fresh is not None else []))
+        self.block_keys = pack_indices(np.floor_divide(self.voxel_indices, voxel_map.block_resolution))
         return len(changed)
 
     def snapshot(self) -> "GaussianScene":
@@ -152,7 +167,7 @@ class GaussianScene:
         copy = GaussianScene(self.num_classes, self.voxel_size_m, self.config, device=str(self.device))
         for name in self.FIELDS:
             setattr(copy, name, getattr(self, name))
-        copy.block_keys = self.block_keys
+        copy.voxel_indices, copy.block_keys = self.voxel_indices, self.block_keys
         return copy
 
     def render(self, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray, backend: Optional[str] = None,
