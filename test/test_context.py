@@ -147,8 +147,25 @@ def test_context_keeps_a_voxel_without_neighbours_as_it_is():
     np.testing.assert_allclose(np.exp(out).sum(1), 1.0, rtol=1e-5)
 
 
+def test_context_slows_at_label_edges_with_the_similarity_power():
+    """A small confident region inside a large one (a chain of voxels): with equal shares the
+    surroundings swallow it; weighted by distribution similarity, disjoint neighbours barely share."""
+    from scipy.sparse import csr_matrix
+
+    n, small = 61, np.arange(28, 33)
+    probs = np.full((n, 2), [0.999, 0.001], np.float32)
+    probs[small] = [0.001, 0.999]
+    i = np.arange(n - 1)
+    chain = csr_matrix((np.ones(2 * (n - 1), np.float32), (np.r_[i, i + 1], np.r_[i + 1, i])), shape=(n, n))
+    equal = context_log_probs(np.log(probs), chain, iterations=96, weight=10.0, similarity_power=0.0).argmax(1)
+    alike = context_log_probs(np.log(probs), chain, iterations=96, weight=10.0, similarity_power=2.0).argmax(1)
+    assert np.all(equal == 0)
+    assert np.array_equal(alike, probs.argmax(1))
+
+
 def test_bad_context_settings_are_refused_by_name():
-    for change in ({"context_iterations": -1}, {"context_weight": -1.0}, {"context_min_normal_dot": 1.5}):
+    for change in ({"context_iterations": -1}, {"context_weight": -1.0}, {"context_min_normal_dot": 1.5},
+                   {"context_similarity_power": -1.0}):
         with pytest.raises(ValueError, match="semantics.context"):
             Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu"),
                                 semantics=SemanticFusionConfig(**change)))

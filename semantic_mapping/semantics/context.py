@@ -4,8 +4,9 @@ Many of the 2D segmenter's errors are consistent across views (a patch of wall t
 picture), so no per-voxel fusion of views can undo them; the surface around the voxel can. When labels
 are read, each labelled voxel's distribution p(x) is averaged with those of its 26 neighbours on the same
 surface (labelled voxels whose surface normals agree: dot product at least `context_min_normal_dot`,
-so the average stops at edges such as a wall meeting the floor), and that average is taken again
-`context_iterations` times (a diffusion over the surface, reaching about sqrt(iterations) voxels). The
+so the average stops at edges such as a wall meeting the floor; each neighbour weighted by how alike
+its distribution is, to the power `context_similarity_power`, so it also slows at label edges), and
+that average is taken again `context_iterations` times (a diffusion over the surface, reaching about sqrt(iterations) voxels). The
 voxel's label distribution is then p(x) * mean(x)^context_weight, renormalised. The stored
 distributions never change: this is a read-out, recomputed for the whole map when it has changed
 (at most every `context_max_age_s`), by the reader or, in the ROS node, by a thread of its own.
@@ -17,7 +18,7 @@ import time
 from typing import NamedTuple, Optional
 
 import numpy as np
-from scipy.sparse import csr_matrix, diags, identity
+from scipy.sparse import csr_matrix, diags, identity, triu
 
 from semantic_mapping.config import SemanticFusionConfig
 from semantic_mapping.fusion.voxel_map import VoxelMap, neighbour_pairs, pack_indices, sorted_positions
@@ -60,14 +61,24 @@ def surface_adjacency(indices: np.ndarray, normals: np.ndarray, min_normal_dot: 
     return csr_matrix((np.ones(2 * len(r), np.float32), (np.r_[r, c], np.r_[c, r])), shape=(n, n))
 
 
-def context_log_probs(log_probs: np.ndarray, adjacency: csr_matrix, iterations: int, weight: float) -> np.ndarray:
+def context_log_probs(log_probs: np.ndarray, adjacency: csr_matrix, iterations: int, weight: float,
+                      similarity_power: float = 0.0) -> np.ndarray:
     """log(p * mean^weight), renormalised [N, C], from log-probabilities [N, C] and the surface
-    adjacency [N, N]: mean is p averaged over each voxel and its neighbours, `iterations` times."""
+    adjacency [N, N]: mean is p averaged over each voxel and its neighbours, `iterations` times, each
+    neighbour weighted by the similarity of the two voxels' distributions (Bhattacharyya coefficient,
+    sum_c sqrt(p_i p_j)) to the power `similarity_power` (0: equal weights)."""
     p = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
-    degree = np.asarray(adjacency.sum(axis=1), np.float32).ravel() + 1.0  # [N] neighbours and the voxel itself
+    edges = adjacency.tocsr()
+    if similarity_power > 0 and edges.nnz:
+        pairs = triu(edges, k=1).tocoo()  # each symmetric pair once
+        root = np.sqrt(p)  # [N, C]
+        similarity = np.einsum("ec,ec->e", root[pairs.row], root[pairs.col])  # [E] in [0, 1]
+        w = (pairs.data * similarity**similarity_power).astype(np.float32)
+        edges = csr_matrix((np.r_[w, w], (np.r_[pairs.row, pairs.col], np.r_[pairs.col, pairs.row])), shape=edges.shape)
+    degree = np.asarray(edges.sum(axis=1), np.float32).ravel() + 1.0  # [N] neighbours' weights and the voxel's own
     # one averaging step as one sparse product: rows of (A + I) / degree
-    step = (diags(1.0 / degree) @ (adjacency + identity(len(p), np.float32, format="csr"))).tocsr().astype(np.float32)
+    step = (diags(1.0 / degree) @ (edges + identity(len(p), np.float32, format="csr"))).tocsr().astype(np.float32)
     mean = p
     for _ in range(iterations):
         mean = step @ mean
@@ -108,9 +119,12 @@ class SpatialContext:
     """
 
     def __init__(self, config: SemanticFusionConfig):
-        if config.context_iterations < 0 or config.context_weight < 0 or config.context_max_age_s < 0:
-            raise ValueError("semantics.context_iterations, context_weight and context_max_age_s must be >= 0, got "
-                             f"{config.context_iterations}, {config.context_weight}, {config.context_max_age_s}")
+        if min(config.context_iterations, config.context_weight, config.context_similarity_power,
+               config.context_max_age_s) < 0:
+            raise ValueError("semantics.context_iterations, context_weight, context_similarity_power and "
+                             "context_max_age_s must be >= 0, got "
+                             f"{config.context_iterations}, {config.context_weight}, "
+                             f"{config.context_similarity_power}, {config.context_max_age_s}")
         if not -1.0 <= config.context_min_normal_dot <= 1.0:
             raise ValueError(f"semantics.context_min_normal_dot must be in [-1, 1], got {config.context_min_normal_dot}")
         self.config = config
@@ -159,7 +173,8 @@ class SpatialContext:
         """Recompute the read-out from a snapshot and keep it (no map access: needs no lock)."""
         start = time.perf_counter()
         adjacency = surface_adjacency(snapshot.indices, snapshot.normals, self.config.context_min_normal_dot)
-        out = context_log_probs(snapshot.log_probs, adjacency, self.config.context_iterations, self.config.context_weight)
+        out = context_log_probs(snapshot.log_probs, adjacency, self.config.context_iterations, self.config.context_weight,
+                                self.config.context_similarity_power)
         self._decoded = _Decoded(snapshot.generation, snapshot.version, snapshot.taken_at_s, snapshot.keys_sorted, out)
         self.seconds += snapshot.read_seconds + time.perf_counter() - start
         self.read_seconds += snapshot.read_seconds
