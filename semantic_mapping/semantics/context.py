@@ -6,10 +6,11 @@ are read, each labelled voxel's distribution p(x) is averaged with those of its 
 surface (labelled voxels whose surface normals agree: dot product at least `context_min_normal_dot`,
 so the average stops at edges such as a wall meeting the floor; each neighbour weighted by how alike
 its distribution is, to the power `context_similarity_power`, so it also slows at label edges), and
-that average is taken again `context_iterations` times (a diffusion over the surface, reaching about sqrt(iterations) voxels). The
-voxel's label distribution is then p(x) * mean(x)^context_weight, renormalised. The stored
-distributions never change: this is a read-out, recomputed for the whole map when it has changed
-(at most every `context_max_age_s`), by the reader or, in the ROS node, by a thread of its own.
+that average is taken again `context_iterations` times (a diffusion over the surface, reaching about
+sqrt(iterations) voxels). The voxel's label distribution is then p(x) * mean(x)^context_weight,
+renormalised. The stored distributions never change: this is a read-out, recomputed for the whole map
+when it has changed (at most every `context_max_age_s`), by the reader or, in the ROS node, by a
+thread of its own.
 """
 
 from __future__ import annotations
