@@ -445,9 +445,9 @@ def run(args) -> dict:
             result["objects"] = objects_summary(driver.latest["objects"], label_names)
         if "object_markers" in driver.latest:
             result["object_markers"] = markers_summary(driver.latest["object_markers"])
-        result["objects_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("objects.")}
-        result["completion_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("completion.")}
-        result["context_diagnostics"] = {k: v for k, v in _diagnostics(driver).items() if k.startswith("semantics.context")}
+        diagnostics = _diagnostics(driver)
+        for name, prefix in (("objects", "objects."), ("completion", "completion."), ("context", "semantics.context")):
+            result[f"{name}_diagnostics"] = {k: v for k, v in diagnostics.items() if k.startswith(prefix)}
         if not args.checks:
             return result
         result["completion_drained"] = wait_for_completion(driver, args.completion_timeout)
