@@ -95,7 +95,7 @@ def _launch_setup(context, *args, **kwargs):
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1", "yes")
     parameters = [{"config_file": params_file, "use_sim_time": use_sim_time,
                    "voting.max_voxels_per_frame": int(LaunchConfiguration("voting_voxels_per_frame").perform(context)),
-                   "semantics.context_max_age_s": 1.0,  # the labels' context thread refreshes at most every second
+                   "semantics.context_max_age_s": 2.0,  # the labels' context thread refreshes at most every 2 s
                    **_object_parameters(context)}]
     completion = _flag(context, "completion")
     if completion is not None:

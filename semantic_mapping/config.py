@@ -94,7 +94,7 @@ class SemanticFusionConfig:
     """The labels' context is recomputed over the whole map when it changed and is older than this (0:
     whenever the map changed); voxels labelled since then read their own distribution. The ROS node
     refreshes it in a thread of its own, off the map lock, when a read found it out of date and it is
-    this old (the launch file: 1 s); its reads never wait for a refresh."""
+    this old (the launch file: 2 s); its reads never wait for a refresh."""
 
 
 @dataclass
