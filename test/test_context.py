@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy.sparse import csr_matrix
 
 from semantic_mapping.config import FusionConfig, MapperConfig, SemanticFusionConfig
 from semantic_mapping.pipeline import Mapper
@@ -140,32 +141,70 @@ def test_adjacency_joins_neighbours_whose_normals_agree():
 
 def test_context_keeps_a_voxel_without_neighbours_as_it_is():
     log_probs = np.log(np.array([[0.6, 0.4], [0.1, 0.9]], np.float32))
-    from scipy.sparse import csr_matrix
-
     out = context_log_probs(log_probs, csr_matrix((2, 2), dtype=np.float32), iterations=5, weight=30.0)
     assert np.array_equal(out.argmax(1), [0, 1])
     np.testing.assert_allclose(np.exp(out).sum(1), 1.0, rtol=1e-5)
 
 
+def _chain(n: int) -> csr_matrix:
+    """[n, n] adjacency of n voxels in a row."""
+    i = np.arange(n - 1)
+    return csr_matrix((np.ones(2 * (n - 1), np.float32), (np.r_[i, i + 1], np.r_[i + 1, i])), shape=(n, n))
+
+
 def test_context_slows_at_label_edges_with_the_similarity_power():
     """A small confident region inside a large one (a chain of voxels): with equal shares the
     surroundings swallow it; weighted by distribution similarity, disjoint neighbours barely share."""
-    from scipy.sparse import csr_matrix
-
     n, small = 61, np.arange(28, 33)
     probs = np.full((n, 2), [0.999, 0.001], np.float32)
     probs[small] = [0.001, 0.999]
-    i = np.arange(n - 1)
-    chain = csr_matrix((np.ones(2 * (n - 1), np.float32), (np.r_[i, i + 1], np.r_[i + 1, i])), shape=(n, n))
+    chain = _chain(n)
     equal = context_log_probs(np.log(probs), chain, iterations=96, weight=10.0, similarity_power=0.0).argmax(1)
     alike = context_log_probs(np.log(probs), chain, iterations=96, weight=10.0, similarity_power=2.0).argmax(1)
     assert np.all(equal == 0)
     assert np.array_equal(alike, probs.argmax(1))
 
 
+def test_context_weighs_voxels_by_their_evidence():
+    """A hedged region many votes agree on, inside surroundings few votes lean the other way: without
+    evidence the surroundings take it; with it, it keeps its class and pulls its weak neighbours."""
+    n, strong = 41, np.arange(15, 26)
+    probs = np.full((n, 2), [0.6, 0.4], np.float32)
+    probs[strong] = [0.45, 0.55]
+    evidence = np.full(n, 0.05)
+    evidence[strong] = 5.0
+    chain = _chain(n)
+    without = context_log_probs(np.log(probs), chain, iterations=96, weight=10.0).argmax(1)
+    assert np.all(without == 0)
+    with_evidence = context_log_probs(np.log(probs), chain, iterations=96, weight=10.0, evidence=evidence).argmax(1)
+    assert np.all(with_evidence[strong] == 1)
+    assert with_evidence[strong[0] - 1] == 1 and with_evidence[0] == 0  # its neighbours follow, far ones do not
+    unit = context_log_probs(np.log(probs), chain, iterations=96, weight=10.0, evidence=np.ones(n))
+    np.testing.assert_allclose(np.exp(unit), np.exp(context_log_probs(np.log(probs), chain, iterations=96, weight=10.0)),
+                               atol=1e-5)
+
+
+def test_bayesian_maps_read_the_same_with_or_without_vote_weights(mappers):
+    """Bayesian fusion keeps no vote weights: its evidence is 1 everywhere, so the setting changes nothing."""
+    mapper = mappers["context"]
+    assert mapper.semantics_method == "bayesian" and mapper.config.semantics.context_vote_weight_ref > 0
+    off = replace(mapper.config.semantics, context_vote_weight_ref=0.0)
+    from semantic_mapping.semantics.context import SpatialContext
+
+    context = SpatialContext(off)
+    context.refresh(context.snapshot(mapper.map))
+    keys = context._decoded.keys_sorted
+    found, log_probs = context.log_probs(mapper.map, keys)
+    found_default, log_probs_default = mapper.map.context.log_probs(mapper.map, keys)
+    assert found.all() and found_default.all()
+    np.testing.assert_allclose(np.exp(log_probs), np.exp(log_probs_default), atol=1e-5)
+    assert np.array_equal(log_probs.argmax(1), log_probs_default.argmax(1))
+
+
 def test_bad_context_settings_are_refused_by_name():
     for change in ({"context_iterations": -1}, {"context_weight": -1.0}, {"context_min_normal_dot": 1.5},
-                   {"context_similarity_power": -1.0}):
+                   {"context_similarity_power": -1.0}, {"context_vote_weight_ref": -1.0},
+                   {"context_vote_weight_power": -0.5}):
         with pytest.raises(ValueError, match="semantics.context"):
             Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu"),
                                 semantics=SemanticFusionConfig(**change)))

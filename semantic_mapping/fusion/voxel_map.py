@@ -548,18 +548,19 @@ class VoxelMap:
         block = self._grid.hashmap().key_tensor()[o3c.Tensor(buf).to(self._o3d_device)].cpu().numpy().astype(np.int64)  # [F, 3]
         return block * R + np.stack([local % R, (local // R) % R, local // R**2], axis=1)
 
-    def semantic_voxels(self) -> tuple[np.ndarray, np.ndarray]:
+    def semantic_voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every voxel with semantics: (integer indices [N, 3], stored log-probabilities [N, C] float32
-        relative to the best class)."""
+        relative to the best class, total frame-vote weights [N] float32, 0 where none voted)."""
         if self.num_blocks == 0:
-            return np.zeros((0, 3), np.int64), np.zeros((0, self.num_classes), np.float32)
+            return np.zeros((0, 3), np.int64), np.zeros((0, self.num_classes), np.float32), np.zeros(0, np.float32)
         R3 = self.block_resolution**3
         buf = from_dlpack(self._grid.hashmap().active_buf_indices().to(o3c.int64).to_dlpack()).cpu()  # [B]
         flat = (buf[:, None] * R3 + torch.arange(R3)).reshape(-1)  # [B * R^3]
         count = self._flat("semantic_count")
         flat = flat[(count[flat.to(count.device), 0] > 0).cpu()]
         log_probs = (self._flat("semantic")[flat.to(count.device)].float() / LOG_PROB_SCALE).cpu().numpy()
-        return self._flat_to_indices(flat.numpy()), log_probs
+        vote_weight = self._flat("semantic_weight")[flat.to(count.device), 0].cpu().numpy()
+        return self._flat_to_indices(flat.numpy()), log_probs, vote_weight
 
     def surface_points(self) -> tuple[np.ndarray, np.ndarray]:
         """Zero crossings of the TSDF where observed: (points [N, 3] float32 metres, normals [N, 3])."""

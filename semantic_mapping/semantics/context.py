@@ -7,10 +7,13 @@ surface (labelled voxels whose surface normals agree: dot product at least `cont
 so the average stops at edges such as a wall meeting the floor; each neighbour weighted by how alike
 its distribution is, to the power `context_similarity_power`, so it also slows at label edges), and
 that average is taken again `context_iterations` times (a diffusion over the surface, reaching about
-sqrt(iterations) voxels). The voxel's label distribution is then p(x) * mean(x)^context_weight,
-renormalised. The stored distributions never change: this is a read-out, recomputed for the whole map
-when it has changed (at most every `context_max_age_s`), by the reader or, in the ROS node, by a
-thread of its own.
+sqrt(iterations) voxels). The voxel's label distribution is then p(x)^e(x) * mean(x)^context_weight,
+renormalised, and each neighbour's share in the average is also weighted by its e. With frame votes
+e(x) is the voxel's evidence, (its votes' total weight / `context_vote_weight_ref`) to the power
+`context_vote_weight_power`: a votes' mean does not sharpen with more views as a product does, so the
+evidence puts the number and trust of the views back; e = 1 otherwise. The stored distributions never
+change: this is a read-out, recomputed for the whole map when it has changed (at most every
+`context_max_age_s`), by the reader or, in the ROS node, by a thread of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from semantic_mapping.config import SemanticFusionConfig
 from semantic_mapping.fusion.voxel_map import VoxelMap, neighbour_pairs, pack_indices, sorted_positions
 
 _MIN_MEAN_PROB = 1e-6  # floor of the neighbourhood mean before its log
+_MIN_VOTE_WEIGHT = 1e-3
+"""Floor of a voted voxel's total vote weight in its evidence (`context_vote_weight_ref`): learned weights
+span orders of magnitude. Floors 0 / 1e-4 / 1e-3 / 1e-2 gave learned voting +4.46 / +4.64 / +4.79 / +4.78
+points over Bayesian fusion on development seeds 107, 101, 88, 109, 36, 102, 110-113 (hard noise, seeds
+104-109: +4.45 / +4.52 / +4.23 / +3.56)."""
 _NORMAL_STENCIL = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
 
 
@@ -63,11 +71,12 @@ def surface_adjacency(indices: np.ndarray, normals: np.ndarray, min_normal_dot: 
 
 
 def context_log_probs(log_probs: np.ndarray, adjacency: csr_matrix, iterations: int, weight: float,
-                      similarity_power: float = 0.0) -> np.ndarray:
-    """log(p * mean^weight), renormalised [N, C], from log-probabilities [N, C] and the surface
+                      similarity_power: float = 0.0, evidence: Optional[np.ndarray] = None) -> np.ndarray:
+    """log(p^e * mean^weight), renormalised [N, C], from log-probabilities [N, C] and the surface
     adjacency [N, N]: mean is p averaged over each voxel and its neighbours, `iterations` times, each
     neighbour weighted by the similarity of the two voxels' distributions (Bhattacharyya coefficient,
-    sum_c sqrt(p_i p_j)) to the power `similarity_power` (0: equal weights)."""
+    sum_c sqrt(p_i p_j)) to the power `similarity_power` (0: equal weights) and by its evidence e [N]
+    (> 0; 1 for every voxel without `evidence`)."""
     p = np.exp(log_probs - log_probs.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     edges = adjacency.tocsr()
@@ -77,13 +86,19 @@ def context_log_probs(log_probs: np.ndarray, adjacency: csr_matrix, iterations: 
         similarity = np.einsum("ec,ec->e", root[pairs.row], root[pairs.col])  # [E] in [0, 1]
         w = (pairs.data * similarity**similarity_power).astype(np.float32)
         edges = csr_matrix((np.r_[w, w], (np.r_[pairs.row, pairs.col], np.r_[pairs.col, pairs.row])), shape=edges.shape)
-    degree = np.asarray(edges.sum(axis=1), np.float32).ravel() + 1.0  # [N] neighbours' weights and the voxel's own
-    # one averaging step as one sparse product: rows of (A + I) / degree
-    step = (diags(1.0 / degree) @ (edges + identity(len(p), np.float32, format="csr"))).tocsr().astype(np.float32)
+    shares = edges + identity(len(p), np.float32, format="csr")  # [N, N] the neighbours' and the voxel's own
+    if evidence is not None:
+        shares = shares @ diags(evidence.astype(np.float32))
+    degree = np.asarray(shares.sum(axis=1), np.float32).ravel()  # [N]
+    # one averaging step as one sparse product: rows of shares / degree
+    step = (diags(1.0 / degree) @ shares).tocsr().astype(np.float32)
     mean = p
     for _ in range(iterations):
         mean = step @ mean
-    out = np.log(np.maximum(p, 1e-30)) + weight * np.log(np.maximum(mean, _MIN_MEAN_PROB))
+    own = np.log(np.maximum(p, 1e-30))
+    if evidence is not None:
+        own *= evidence[:, None]
+    out = own + weight * np.log(np.maximum(mean, _MIN_MEAN_PROB))
     out -= out.max(axis=1, keepdims=True)
     return (out - np.log(np.exp(out).sum(axis=1, keepdims=True))).astype(np.float32)
 
@@ -98,6 +113,7 @@ class ContextSnapshot(NamedTuple):
     keys_sorted: np.ndarray  # [N] int64 packed voxel indices of the labelled voxels, sorted
     indices: np.ndarray  # [N, 3] int64 their integer voxel indices
     log_probs: np.ndarray  # [N, C] float32 their stored log-probabilities
+    vote_weight: np.ndarray  # [N] float32 their total frame-vote weights (0: not voted)
     normals: np.ndarray  # [N, 3] their TSDF normals
 
 
@@ -120,12 +136,11 @@ class SpatialContext:
     """
 
     def __init__(self, config: SemanticFusionConfig):
-        if min(config.context_iterations, config.context_weight, config.context_similarity_power,
-               config.context_max_age_s) < 0:
-            raise ValueError("semantics.context_iterations, context_weight, context_similarity_power and "
-                             "context_max_age_s must be >= 0, got "
-                             f"{config.context_iterations}, {config.context_weight}, "
-                             f"{config.context_similarity_power}, {config.context_max_age_s}")
+        names = ("context_iterations", "context_weight", "context_similarity_power", "context_vote_weight_ref",
+                 "context_vote_weight_power", "context_max_age_s")
+        negative = [f"{n} = {getattr(config, n)}" for n in names if getattr(config, n) < 0]
+        if negative:
+            raise ValueError(f"semantics.{', '.join(names)} must be >= 0, got {', '.join(negative)}")
         if not -1.0 <= config.context_min_normal_dot <= 1.0:
             raise ValueError(f"semantics.context_min_normal_dot must be in [-1, 1], got {config.context_min_normal_dot}")
         self.config = config
@@ -162,20 +177,25 @@ class SpatialContext:
         if d is not None and d.generation == vmap.generation and d.version == vmap.version:
             return None
         now, start = time.monotonic(), time.perf_counter()
-        indices, log_probs = vmap.semantic_voxels()
+        indices, log_probs, vote_weight = vmap.semantic_voxels()
         keys = pack_indices(indices)
         order = np.argsort(keys)
-        indices, log_probs, keys = indices[order], log_probs[order], keys[order]
+        indices, log_probs, vote_weight, keys = indices[order], log_probs[order], vote_weight[order], keys[order]
         normals = voxel_normals(vmap, indices)
         return ContextSnapshot(vmap.generation, vmap.version, now, time.perf_counter() - start, keys, indices,
-                               log_probs, normals)
+                               log_probs, vote_weight, normals)
 
     def refresh(self, snapshot: ContextSnapshot) -> None:
         """Recompute the read-out from a snapshot and keep it (no map access: needs no lock)."""
         start = time.perf_counter()
-        adjacency = surface_adjacency(snapshot.indices, snapshot.normals, self.config.context_min_normal_dot)
-        out = context_log_probs(snapshot.log_probs, adjacency, self.config.context_iterations, self.config.context_weight,
-                                self.config.context_similarity_power)
+        cfg = self.config
+        adjacency = surface_adjacency(snapshot.indices, snapshot.normals, cfg.context_min_normal_dot)
+        evidence = None
+        if cfg.context_vote_weight_ref > 0:  # (frame votes' weight / the reference)^power; 1 where none voted
+            relative = np.maximum(snapshot.vote_weight, _MIN_VOTE_WEIGHT) / cfg.context_vote_weight_ref
+            evidence = np.where(snapshot.vote_weight > 0, relative**cfg.context_vote_weight_power, 1.0)
+        out = context_log_probs(snapshot.log_probs, adjacency, cfg.context_iterations, cfg.context_weight,
+                                cfg.context_similarity_power, evidence)
         self._decoded = _Decoded(snapshot.generation, snapshot.version, snapshot.taken_at_s, snapshot.keys_sorted, out)
         self.seconds += snapshot.read_seconds + time.perf_counter() - start
         self.read_seconds += snapshot.read_seconds
