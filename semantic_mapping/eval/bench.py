@@ -234,6 +234,12 @@ def node_figures(quick: bool = False) -> list:
     return [Figure(**record) for record in node_bench.figures(result)]
 
 
+def _gain_spread(detail: dict) -> str:
+    """Per-scene gains and the standard error of their mean, as a table cell."""
+    gains = ", ".join(f"{g:+.1f}" for g in detail["gain_per_seed"].values())
+    return f"per scene {gains} (standard error {detail['gain_standard_error']:.1f})"
+
+
 def format_table(figures: list) -> str:
     from semantic_mapping.eval.voting_bench import ablation_table
 
@@ -253,10 +259,11 @@ def format_table(figures: list) -> str:
         elif f.name == "node.objects_rate_hz":
             ref = f"~/objects while the frames stream in, configured {f.detail['objects_rate_hz_configured']:g} Hz"
         elif f.name == "voting.gain_vs_bayesian":
-            ref = f"voting {f.detail['voting_miou_3d']:.4f} vs Bayesian {f.detail['bayesian_miou_3d']:.4f} 3D mIoU"
+            ref = (f"voting {f.detail['voting_miou_3d']:.4f} vs Bayesian {f.detail['bayesian_miou_3d']:.4f} 3D mIoU; "
+                   f"{_gain_spread(f.detail)}")
         elif f.name == "voting.gain_vs_bayesian_hard_noise":
             ref = (f"voting {f.detail['voting_miou_3d']:.4f} vs Bayesian {f.detail['bayesian_miou_3d']:.4f} "
-                   f"at 2D input mIoU {f.detail['input_miou_2d']:.3f}")
+                   f"at 2D input mIoU {f.detail['input_miou_2d']:.3f}; {_gain_spread(f.detail)}")
         elif f.name == "render.miou_2d_gain_vs_segmenter":
             ref = (f"render {f.detail['render_miou_2d']:.4f} vs segmenter {f.detail['segmenter_miou_2d']:.4f} 2D mIoU, "
                    f"{f.detail['held_out_views']} held-out views")

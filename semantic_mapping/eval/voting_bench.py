@@ -111,6 +111,12 @@ def voting_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: 
     def per_seed(scenes, variant):
         return {seed: s[variant]["miou_3d"] for seed, s in scenes.items()}
 
+    def gain_spread(scenes) -> dict:
+        """Each scene's gain of voting over Bayesian fusion (points) and the standard error of their mean."""
+        gains = {seed: 100 * (s["voting"]["miou_3d"] - s["bayesian"]["miou_3d"]) for seed, s in scenes.items()}
+        spread = np.std(list(gains.values()), ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else float("nan")
+        return {"gain_per_seed": gains, "gain_standard_error": float(spread)}
+
     ablation = {name: mean(normal, name) for name in VARIANTS}
     keyframe_voted = sum(s["voting"]["voxels_voted"] for s in normal.values())
     keyframe_seconds = sum(s["voting"]["vote_seconds"] for s in normal.values())
@@ -124,13 +130,13 @@ def voting_figures(seeds: list, num_frames: int, voxel_size_m: float, progress: 
         Figure("voting.gain_vs_bayesian", 100 * (ablation["voting"] - ablation["bayesian"]), "points", seeds,
                {"bayesian_miou_3d": ablation["bayesian"], "voting_miou_3d": ablation["voting"],
                 "bayesian_no_context_miou_3d": ablation["bayesian_no_context"],
-                "input_miou_2d": float(np.mean([s["input_miou_2d"] for s in normal.values()]))}),
+                "input_miou_2d": float(np.mean([s["input_miou_2d"] for s in normal.values()])), **gain_spread(normal)}),
         Figure("voting.gain_vs_bayesian_hard_noise", 100 * (mean(hard, "voting") - mean(hard, "bayesian")), "points",
                seeds, {"bayesian_miou_3d": mean(hard, "bayesian"), "voting_miou_3d": mean(hard, "voting"),
                        "bayesian_no_context_miou_3d": mean(hard, "bayesian_no_context"),
                        "voting_per_seed": per_seed(hard, "voting"), "bayesian_per_seed": per_seed(hard, "bayesian"),
                        "input_miou_2d": float(np.mean([s["input_miou_2d"] for s in hard.values()])),
-                       "segmenter": HARD_NOISE}),
+                       "segmenter": HARD_NOISE, **gain_spread(hard)}),
         Figure("voting.voxels_per_s", voted / seconds if seconds else 0.0, "voxels/s", seeds,
                {"voxels_voted": voted, "vote_seconds": seconds, "device": "cpu",
                 "keyframe_voxels_voted": keyframe_voted, "keyframe_vote_seconds": keyframe_seconds,
