@@ -8,7 +8,7 @@ from scipy.sparse import csr_matrix
 
 from semantic_mapping.config import FusionConfig, MapperConfig, SemanticFusionConfig
 from semantic_mapping.pipeline import Mapper
-from semantic_mapping.semantics.context import context_log_probs, surface_adjacency, surface_normals
+from semantic_mapping.semantics.context import SpatialContext, context_log_probs, surface_adjacency, surface_normals
 from test_fusion import FLOOR, INTR, LS, OBJECT, ROOM_HALF_M, WALL, trajectory, world  # noqa: F401
 
 PATCH = dict(y=(-0.85, -0.55), z=(0.45, 0.75))  # on the wall x = +ROOM_HALF_M, labelled object by every view
@@ -205,6 +205,9 @@ def test_bad_context_settings_are_refused_by_name():
     for change in ({"context_iterations": -1}, {"context_weight": -1.0}, {"context_min_normal_dot": 1.5},
                    {"context_similarity_power": -1.0}, {"context_vote_weight_ref": -1.0},
                    {"context_vote_weight_power": -0.5}):
-        with pytest.raises(ValueError, match="semantics.context"):
+        with pytest.raises(ValueError, match=rf"semantics\.{next(iter(change))}\b"):
             Mapper(MapperConfig(fusion=FusionConfig(voxel_size_m=0.05, device="cpu"),
                                 semantics=SemanticFusionConfig(**change)))
+    with pytest.raises(ValueError) as refused:  # only the bad settings are named
+        SpatialContext(SemanticFusionConfig(context_weight=-1.0))
+    assert "context_weight" in str(refused.value) and "context_iterations" not in str(refused.value)

@@ -138,9 +138,9 @@ class SpatialContext:
     def __init__(self, config: SemanticFusionConfig):
         names = ("context_iterations", "context_weight", "context_similarity_power", "context_vote_weight_ref",
                  "context_vote_weight_power", "context_max_age_s")
-        negative = [f"{n} = {getattr(config, n)}" for n in names if getattr(config, n) < 0]
+        negative = [f"semantics.{n} = {getattr(config, n)}" for n in names if getattr(config, n) < 0]
         if negative:
-            raise ValueError(f"semantics.{', '.join(names)} must be >= 0, got {', '.join(negative)}")
+            raise ValueError(f"{', '.join(negative)}: must be >= 0")
         if not -1.0 <= config.context_min_normal_dot <= 1.0:
             raise ValueError(f"semantics.context_min_normal_dot must be in [-1, 1], got {config.context_min_normal_dot}")
         self.config = config
