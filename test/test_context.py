@@ -189,8 +189,6 @@ def test_bayesian_maps_read_the_same_with_or_without_vote_weights(mappers):
     mapper = mappers["context"]
     assert mapper.semantics_method == "bayesian" and mapper.config.semantics.context_vote_weight_ref > 0
     off = replace(mapper.config.semantics, context_vote_weight_ref=0.0)
-    from semantic_mapping.semantics.context import SpatialContext
-
     context = SpatialContext(off)
     context.refresh(context.snapshot(mapper.map))
     keys = context._decoded.keys_sorted
