@@ -28,3 +28,18 @@ def test_voting_gain_reports_each_scene_and_the_standard_error(monkeypatch):
     assert np.isclose(gain.detail["gain_standard_error"], np.std([2.0, 6.0, 1.0], ddof=1) / np.sqrt(3))
     table = bench.format_table(list(figures.values()))
     assert "per scene +2.0, +6.0, +1.0 (standard error 1.5)" in table
+
+
+def test_the_voting_stage_reads_its_own_ten_held_out_scenes(monkeypatch):
+    from semantic_mapping.sim.sequence import BENCHMARK_SEEDS, DEVELOPMENT_SEEDS, VOTING_BENCHMARK_SEEDS
+
+    assert len(VOTING_BENCHMARK_SEEDS) == 10 and VOTING_BENCHMARK_SEEDS[:3] == BENCHMARK_SEEDS
+    assert not any(s in DEVELOPMENT_SEEDS for s in VOTING_BENCHMARK_SEEDS)
+    seen = {}
+    monkeypatch.setattr(voting_bench, "voting_figures", lambda seeds, *args: seen.setdefault("voting", seeds) and [])
+    monkeypatch.setattr(bench, "_fusion_figures", lambda seeds, *args: seen.setdefault("fusion", seeds) and [])
+    bench.collect_figures(only=("fusion", "voting"), progress=False)
+    assert seen == {"voting": list(VOTING_BENCHMARK_SEEDS), "fusion": list(BENCHMARK_SEEDS)}
+    seen.clear()
+    bench.collect_figures(only=("fusion", "voting"), progress=False, seeds=[5])  # a development run
+    assert seen == {"voting": [5], "fusion": [5]}

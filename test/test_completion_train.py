@@ -84,4 +84,4 @@ def test_train_completion_refuses_benchmark_seeds(tmp_path, capsys):
     from semantic_mapping.cli import main
 
     assert main(["train-completion", "--out", str(tmp_path / "c.pt"), "--seeds", "1001"]) == 2
-    assert "benchmark seeds" in capsys.readouterr().err
+    assert "held out from training" in capsys.readouterr().err

@@ -219,11 +219,9 @@ def run_training(out_path, train_seeds: list, val_seeds: list, num_frames: int, 
     from semantic_mapping.atomic_files import atomic_write_text
     from semantic_mapping.completion.data import make_completion_scene
     from semantic_mapping.completion.network import save_completion_model
-    from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
+    from semantic_mapping.sim.sequence import require_development_seeds
 
-    held_out = sorted(set(train_seeds + val_seeds) & set(BENCHMARK_SEEDS))
-    if held_out:
-        raise ValueError(f"seeds {held_out} are benchmark seeds, held out from training; use development seeds (0-999)")
+    require_development_seeds(train_seeds + val_seeds)
     out_path = Path(out_path)
     start = time.perf_counter()
     scenes = [make_completion_scene(seed, num_frames, voxel_size_m, config.scan, view_size_px=view_size_px,

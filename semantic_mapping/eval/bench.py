@@ -1,7 +1,7 @@
 """`semantic-mapping bench`: a fixed suite on held-out scenes, one table, optional JSON records.
 
-Every figure is measured in this process on the benchmark seeds (sim.sequence.BENCHMARK_SEEDS),
-beside its reference where the figure is a comparison. Figures are records
+Every figure is measured in this process on the benchmark seeds (sim.sequence.BENCHMARK_SEEDS; the
+voting stage on sim.sequence.VOTING_BENCHMARK_SEEDS), beside its reference where the figure is a comparison. Figures are records
 {"name": "<stage>.<metric>", "value": number, "unit": str, "seeds": [...], "detail": {...}}.
 """
 
@@ -153,8 +153,9 @@ def collect_figures(quick: bool = False, progress: bool = True, only: tuple = ST
     from semantic_mapping.eval.objects_bench import objects_figures
     from semantic_mapping.eval.render_bench import render_figures
     from semantic_mapping.eval.voting_bench import voting_figures
-    from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
+    from semantic_mapping.sim.sequence import BENCHMARK_SEEDS, VOTING_BENCHMARK_SEEDS
 
+    voting_seeds = seeds or list(VOTING_BENCHMARK_SEEDS[:1] if quick else VOTING_BENCHMARK_SEEDS)
     if seeds is None:
         seeds = list(BENCHMARK_SEEDS[:1] if quick else BENCHMARK_SEEDS)
     num_frames = QUICK_FRAMES if quick else SUITE_FRAMES
@@ -162,7 +163,7 @@ def collect_figures(quick: bool = False, progress: bool = True, only: tuple = ST
     if "fusion" in only:
         figures += _fusion_figures(seeds, num_frames, progress)
     if "voting" in only:
-        figures += voting_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
+        figures += voting_figures(voting_seeds, num_frames, VOXEL_SIZE_M, progress)
     if "completion" in only:
         figures += completion_figures(seeds, num_frames, VOXEL_SIZE_M, progress)
     if "render" in only:

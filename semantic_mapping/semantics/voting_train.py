@@ -25,7 +25,7 @@ from semantic_mapping.config import FusionConfig, KeyframeConfig, MapperConfig, 
 from semantic_mapping.semantics.label_space import default_label_space
 from semantic_mapping.semantics.voting import VotingNet, sample_maps, save_checkpoint
 from semantic_mapping.semantics.voting_data import SceneData, TrainingDataConfig, prepare_scene
-from semantic_mapping.sim.sequence import BENCHMARK_SEEDS
+from semantic_mapping.sim.sequence import require_development_seeds
 
 _LOG_EPS = 1e-6
 
@@ -183,13 +183,6 @@ def parse_seeds(text: str) -> list:
         lo, _, hi = part.strip().partition("-")
         seeds += list(range(int(lo), int(hi or lo) + 1))
     return seeds
-
-
-def require_development_seeds(seeds: list) -> None:
-    """Refuse benchmark seeds: they are held out from training."""
-    held_out = sorted(set(seeds) & set(BENCHMARK_SEEDS))
-    if held_out:
-        raise ValueError(f"seeds {held_out} are benchmark seeds, held out from training; use development seeds (0-999)")
 
 
 def run_training(out_path, train_seeds: list, val_seeds: list, data: TrainingDataConfig, config: TrainConfig,
