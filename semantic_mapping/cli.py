@@ -292,7 +292,8 @@ def _train_frame_votes(args) -> int:
     from semantic_mapping.semantics.voting_train import parse_seeds
 
     out = Path(args.out)
-    config = FrameVoteTrainConfig(num_frames=args.frames, steps=args.steps or FrameVoteTrainConfig.steps, seed=args.seed)
+    config = FrameVoteTrainConfig(num_frames=args.frames, steps=args.steps or FrameVoteTrainConfig.steps, seed=args.seed,
+                                  vote_space=args.vote_space)
     meta = run_training(out, parse_seeds(args.seeds or TRAIN_FRAME_VOTES_SEEDS), parse_seeds(args.val_seeds), config,
                         default_label_space().num_classes)
     print(f"wrote {out}, loss curves {out.with_suffix('.png')}, history {out.with_suffix('.json')}")

@@ -256,6 +256,7 @@ class Mapper:
                 semantics = PixelSemantics(clean, pixels, self.label_space.num_classes, self.config.semantics)
                 if self.voting is not None and self.voting.config.frame_votes:
                     semantics.weights = self.voting.frame_vote_weights(clean, semantics)
+                    semantics.vote_space = self.voting.frame_vote_space
             except ValueError as exc:
                 return self._reject(frame, FrameRejected("semantics_invalid", str(exc)))
         self.stats.pixels_cleaned.update(cleaned)

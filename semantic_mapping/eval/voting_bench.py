@@ -1,12 +1,13 @@
 """Soft-voting figures of `semantic-mapping bench`: learned voting against Bayesian fusion in the same run.
 
-Each benchmark scene is simulated once and every frame goes to all variants (the baseline: Bayesian
-fusion as `semantics.method: bayesian` runs it; learned voting (frame votes); both with labels read per
-voxel instead of in their surface context; our geometry prior left out; equal view weights; the
-keyframe votes added; and the GNeSF keyframe path alone, keyframe votes multiplying Bayesian fusion,
-with the ablations of GNeSF Table 4 on it: no visibility test, votes over logits), then each map is
-scored like `fusion.miou_3d`. The harder noise setting
-lowers the simulated segmenter's 2D mIoU (`HARD_NOISE`); no weights were trained on it.
+Each benchmark scene (`sim.sequence.VOTING_BENCHMARK_SEEDS`) is simulated once and every frame goes
+to all variants (the baseline: Bayesian fusion as `semantics.method: bayesian` runs it; learned voting
+(frame votes); both with labels read per voxel instead of in their surface context; our geometry prior
+left out; equal view weights; frame votes over logits, with weights trained for them (GNeSF Table 4);
+the keyframe votes added; and the GNeSF keyframe path alone, keyframe votes multiplying Bayesian
+fusion, with the ablations of GNeSF Table 4 on it: no visibility test, votes over logits), then each
+map is scored like `fusion.miou_3d`. The harder noise setting lowers the simulated segmenter's 2D mIoU
+(`HARD_NOISE`); no weights were trained on it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ HARD_NOISE = {"target_miou": 0.50, "frame_miou_jitter": 0.08}
 """Segmenter settings of the harder noise setting (training used the defaults: 0.62, 0.05)."""
 LOGITS_WEIGHTS = Path(__file__).resolve().parent.parent / "semantics" / "weights" / "voting_logits.pt"
 """The ablation's network, trained by `semantic-mapping train-voting --vote-space logits`."""
+FRAME_VOTE_LOGITS_WEIGHTS = LOGITS_WEIGHTS.with_name("frame_votes_logits.pt")
+"""The ablation's frame-vote weights, trained by `semantic-mapping train-voting --frame-votes --vote-space logits`."""
 
 PLAIN = {"context_iterations": 0}
 """Labels read from each voxel's own distribution, without the surface context (`semantics.context`)."""
@@ -34,6 +37,7 @@ VARIANTS = {
     "voting_no_context": {"semantics": {"method": "voting", **PLAIN}},
     "voting_no_prior": {**VOTING, "voting": {"geometry_prior": False}},
     "voting_equal_weights": {**VOTING, "voting": {"learned": False}},
+    "voting_logits": {**VOTING, "voting": {"frame_vote_weights": str(FRAME_VOTE_LOGITS_WEIGHTS)}},
     "voting_keyframe_votes": {**VOTING, "voting": {"keyframe_votes": True}},
     "keyframes": {**VOTING, "voting": KEYFRAMES},
     "keyframes_no_visibility": {**VOTING, "voting": {**KEYFRAMES, "visibility": False}},

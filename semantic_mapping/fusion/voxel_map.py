@@ -31,6 +31,7 @@ from semantic_mapping.semantics.bayesian import (
     aggregate_by_voxel,
     bayesian_update,
     class_probabilities,
+    vote_values,
 )
 from semantic_mapping.types import CameraIntrinsics, RenderedView
 
@@ -288,16 +289,17 @@ class VoxelMap:
         rows = np.flatnonzero(valid)[found]
         if semantics.weights is None:
             voxels, summed, first = aggregate_by_voxel(flat[found], semantics.probs[rows])
-        else:  # frame votes: the pixels' weighted probabilities, their weights and their count, summed per voxel
+        else:  # frame votes: the pixels' weighted votes, their weights and their count, summed per voxel
             w = semantics.weights[rows, None]
-            voxels, summed, first = aggregate_by_voxel(
-                flat[found], np.concatenate([semantics.probs[rows] * w, w, np.ones_like(w)], 1))
+            votes = vote_values(semantics.probs[rows], semantics.vote_space)
+            voxels, summed, first = aggregate_by_voxel(flat[found], np.concatenate([votes * w, w, np.ones_like(w)], 1))
             summed = summed[:, :-1] / summed[:, -1:]  # the frame votes once per voxel: its pixels' means
         log_prior = None if semantic_prior is None else semantic_prior(self, voxel_indices[found][first], T_world_cam[:3, 3])
         if semantics.weights is None:
             self._multiply_distributions(voxels, summed, 1.0, log_prior)
         else:
-            self._average_distributions(voxels, summed[:, :-1], summed[:, -1], log_prior)
+            weighted_mean, weight = summed[:, :-1] / summed[:, -1:], summed[:, -1]  # Σ w v / Σ w, mean w
+            self._average_distributions(voxels, weighted_mean, weight, semantics.vote_space, log_prior)
         return int(len(voxels))
 
     def fuse_distributions(
@@ -305,16 +307,17 @@ class VoxelMap:
         voxel_indices: np.ndarray,  # [P, 3] int64 distinct voxel indices
         probs: np.ndarray,  # [P, C] float32 class distributions (e.g. soft votes)
         weight: float,
-        average: bool = False,
+        average: Optional[str] = None,
     ) -> int:
         """Multiply the distributions of allocated voxels by probs^weight (floored as every
-        observation is), or with `average` add probs to their weighted means with weight `weight`;
-        returns how many voxels were updated."""
+        observation is), or with `average` (a vote space, `VOTE_SPACES`) add probs to their weighted
+        means in that space with weight `weight`; returns how many voxels were updated."""
         flat, found = self.lookup(voxel_indices)
         if found.any():
             probs = np.asarray(probs, np.float32)[found]
-            if average:
-                self._average_distributions(flat[found], probs, np.full(len(probs), weight, np.float32))
+            if average is not None:
+                self._average_distributions(flat[found], vote_values(probs, average),
+                                            np.full(len(probs), weight, np.float32), average)
             else:
                 self._multiply_distributions(flat[found], probs, weight)
             self._mark_blocks(np.unique(np.floor_divide(np.asarray(voxel_indices)[found], self.block_resolution), axis=0))
@@ -332,28 +335,32 @@ class VoxelMap:
         count = self._flat("semantic_count")
         count[index] = (count[index].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)
 
-    def _average_distributions(self, voxels: np.ndarray, probs: np.ndarray, weight: np.ndarray,
+    def _average_distributions(self, voxels: np.ndarray, votes: np.ndarray, weight: np.ndarray, vote_space: str,
                                log_prior: Optional[np.ndarray] = None) -> None:
-        """Add one observation [U, C] (any positive scale; tilted by exp(log_prior)) of weight [U] to the
-        weighted mean distribution of each distinct flat voxel [U] (`frame_votes`). A voxel without
-        frame votes yet (total weight 0) takes the observation as it is, unless it holds a distribution
-        from before (fused by another method): that counts as one vote of weight 1."""
+        """Add one observation of weight [U] to the weighted mean distribution of each distinct flat
+        voxel [U] (`frame_votes`): votes [U, C] are probabilities (any positive scale) or, in the
+        "logits" space, log-probabilities (any offset); either is tilted by exp(log_prior). A voxel
+        without frame votes yet (total weight 0) takes the observation as it is, unless it holds a
+        distribution from before (fused by another method): that counts as one vote of weight 1."""
         cfg = self.semantics_config
         sem, total = self._flat("semantic"), self._flat("semantic_weight")
         index = torch.from_numpy(voxels).to(sem.device)
-        log_obs = np.log(np.maximum(probs, 1e-30))
+        log_obs = votes if vote_space == "logits" else np.log(np.maximum(votes, 1e-30))
         if log_prior is not None:
             log_obs = log_obs + log_prior
-        obs = np.exp(log_obs - log_obs.max(axis=1, keepdims=True))
-        obs /= obs.sum(axis=1, keepdims=True)
+        log_obs = log_obs - log_obs.max(axis=1, keepdims=True)
+        log_obs -= np.log(np.exp(log_obs).sum(axis=1, keepdims=True))  # [U, C] normalised
         count = self._flat("semantic_count")
         old_weight = total[index, 0].cpu().numpy().astype(np.float64)
         old_weight[(old_weight == 0) & (count[index, 0].cpu().numpy() > 0)] = 1.0
         mean = class_probabilities(sem[index]).cpu().numpy()  # [U, C]
         new_weight = old_weight + weight
-        mixed = (old_weight[:, None] * mean + weight[:, None] * obs) / np.maximum(new_weight, 1e-30)[:, None]
-        log_p = np.log(np.maximum(mixed, np.exp(cfg.min_log_prob)))
-        log_p -= log_p.max(axis=1, keepdims=True)
+        share_old = (old_weight / np.maximum(new_weight, 1e-30))[:, None]  # [U, 1]
+        if vote_space == "logits":
+            log_p = share_old * np.log(np.maximum(mean, 1e-30)) + (1 - share_old) * log_obs
+        else:
+            log_p = np.log(np.maximum(share_old * mean + (1 - share_old) * np.exp(log_obs), 1e-30))
+        log_p = np.maximum(log_p - log_p.max(axis=1, keepdims=True), cfg.min_log_prob)
         sem[index] = torch.from_numpy(np.rint(log_p * LOG_PROB_SCALE).astype(np.int16)).to(sem.device)
         total[index] = torch.from_numpy(new_weight.astype(np.float32)[:, None]).to(total.device)
         count[index] = (count[index].to(torch.int32) + 1).clamp_max(32767).to(torch.int16)

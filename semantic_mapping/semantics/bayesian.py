@@ -54,6 +54,16 @@ class PixelSemantics:
             raise ValueError("frame has no semantics (neither class_probs nor labels)")
         self.probs = probs  # [P, C] float32
         self.weights: Optional[np.ndarray] = None  # [P] float32 frame-vote weights (`frame_votes`); None: Bayesian product
+        self.vote_space = "probabilities"  # what the frame votes average: "probabilities" or "logits" (`vote_values`)
+
+
+LOGIT_EPS = 1e-6
+"""Added to probabilities before their log where votes are averaged as logits (the keyframe votes' too)."""
+
+
+def vote_values(probs: np.ndarray, vote_space: str) -> np.ndarray:  # [P, C] float32
+    """What a vote averages: the probabilities [P, C] themselves, or their logs in the "logits" space."""
+    return np.log(probs + np.float32(LOGIT_EPS)) if vote_space == "logits" else probs
 
 
 def aggregate_by_voxel(

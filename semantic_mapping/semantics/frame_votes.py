@@ -8,7 +8,8 @@ weight and weighted mean probabilities. The map keeps the running weighted mean 
 is forgotten and no buffer is needed. The mean is over probabilities (Eq. 4), not a product of them:
 a product lets every view's mistake count fully, a mean lets the views a network tends to get right
 outvote the others, and leaves hedged distributions that the surface context (`semantics.context`)
-can then settle.
+can then settle. Weights trained for the ablation of GNeSF Table 4 (`vote_space` "logits") average
+the views' log-probabilities instead: s(x) = softmax(Σ_i w_i log S_i(x) / Σ_i w_i).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from semantic_mapping.semantics.voting import CheckpointError, read_checkpoint
+from semantic_mapping.semantics.voting import VOTE_SPACES, CheckpointError, read_checkpoint
 
 CUE_NAMES = ("depth_m", "cos_incidence", "border_frac", "entropy", "peak", "frame_mean_peak")
 """Per pixel: depth, |cos| of the angle between the ray and the depth image's surface normal, distance
@@ -70,10 +71,14 @@ def frame_cues(depth_m: np.ndarray, K: np.ndarray, pixel_index: np.ndarray, prob
 
 
 class FrameVoteNet(nn.Module):
-    """Log voting weight v of a view's pixel from its cues [P, len(CUE_NAMES)] (normalised inside)."""
+    """Log voting weight v of a view's pixel from its cues [P, len(CUE_NAMES)] (normalised inside), for
+    votes averaged in `vote_space` ("probabilities" or "logits")."""
 
-    def __init__(self, hidden_dim: int = 32):
+    def __init__(self, hidden_dim: int = 32, vote_space: str = "probabilities"):
         super().__init__()
+        if vote_space not in VOTE_SPACES:
+            raise ValueError(f"vote_space must be one of {VOTE_SPACES}, got {vote_space!r}")
+        self.vote_space = vote_space
         n = len(CUE_NAMES)
         self.register_buffer("cue_mean", torch.zeros(n))
         self.register_buffer("cue_std", torch.ones(n))
@@ -100,7 +105,7 @@ def save_checkpoint(path, net: FrameVoteNet, meta: dict) -> None:
 
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "cues": list(CUE_NAMES),
-                "hidden_dim": net.mlp[0].out_features, "state_dict": net.state_dict(), "meta": meta}, buffer)
+                "hidden_dim": net.mlp[0].out_features, "vote_space": net.vote_space, "state_dict": net.state_dict(), "meta": meta}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -110,7 +115,10 @@ def load_checkpoint(path) -> tuple[FrameVoteNet, dict]:
     if data.get("version") != CHECKPOINT_VERSION or tuple(data.get("cues", ())) != CUE_NAMES:
         raise FrameVoteCheckpointError(f"{path} was made for other cues or another version: retrain it with "
                                        "`semantic-mapping train-voting --frame-votes`")
-    net = FrameVoteNet(hidden_dim=data["hidden_dim"])
+    vote_space = data.get("vote_space", "probabilities")  # checkpoints from before the logits ablation
+    if vote_space not in VOTE_SPACES:
+        raise FrameVoteCheckpointError(f"{path} votes in an unknown space {vote_space!r}")
+    net = FrameVoteNet(hidden_dim=data["hidden_dim"], vote_space=vote_space)
     try:
         net.load_state_dict(data["state_dict"])
     except (RuntimeError, KeyError) as exc:

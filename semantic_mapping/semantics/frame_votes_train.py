@@ -4,10 +4,10 @@ Per development scene: every `held_out_every`-th frame (offset `held_out_offset`
 frames' sampled pixels give observations (the voxel their depth lands in, their class probabilities
 and `frame_votes.frame_cues`); the held-out frames' pixels give each voxel they land in the 2D label
 seen there (the majority over its pixels). The loss is the cross-entropy of each supervised voxel's
-weighted mean s(x) = Σ w_i S_i / Σ w_i against that label (a frame's pixels in one voxel share one
-vote, as in the map): the voted semantics rendered into the
-held-out views with each pixel's depth picking its surface voxel (GNeSF §3.3, with the depth in
-place of the SDF-weighted samples of Eq. 8-9).
+weighted mean s(x) = Σ w_i S_i / Σ w_i (or of log S_i, `vote_space`) against that label (a frame's
+pixels in one voxel share one vote, as in the map): the voted semantics rendered into the held-out
+views with each pixel's depth picking its surface voxel (GNeSF §3.3, with the depth in place of the
+SDF-weighted samples of Eq. 8-9).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from semantic_mapping.atomic_files import atomic_write_bytes
 from semantic_mapping.config import FusionConfig
 from semantic_mapping.fusion.voxel_map import pack_indices
 from semantic_mapping.geometry.pose import transform_points
+from semantic_mapping.semantics.bayesian import LOGIT_EPS
 from semantic_mapping.semantics.frame_votes import FrameVoteNet, frame_cues, pixel_points, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class FrameVoteTrainConfig:
     learning_rate: float = 0.01
     hidden_dim: int = 32
     seed: int = 0
+    vote_space: str = "probabilities"
+    """What the votes average (GNeSF Eq. 4): "probabilities", or "logits" for the ablation of its Table 4."""
 
 
 @dataclass
@@ -126,19 +129,22 @@ def collect_scene(seed: int, config: FrameVoteTrainConfig, num_classes: int) -> 
                           labels=torch.from_numpy(votes.argmax(axis=1)))
 
 
-def voted(scene: FrameVoteScene, log_weights: torch.Tensor) -> torch.Tensor:  # [V, C] log s(x)
-    """log of each supervised voxel's weighted mean of its observations' probabilities."""
+def voted(scene: FrameVoteScene, log_weights: torch.Tensor, vote_space: str) -> torch.Tensor:  # [V, C] log s(x)
+    """log of each supervised voxel's weighted mean of its observations' probabilities, or in the
+    "logits" space the log-softmax of its weighted mean of their log-probabilities."""
     V, C = len(scene.labels), scene.probs.shape[1]
     w = torch.exp(log_weights - log_weights.max()) * scene.share  # [R]
-    num = torch.zeros(V, C).index_add_(0, scene.voxel, w[:, None] * scene.probs)
+    votes = torch.log(scene.probs + LOGIT_EPS) if vote_space == "logits" else scene.probs  # [R, C]
+    num = torch.zeros(V, C).index_add_(0, scene.voxel, w[:, None] * votes)
     den = torch.zeros(V).index_add_(0, scene.voxel, w)
-    return torch.log(num / den.clamp(min=1e-30)[:, None] + 1e-6)
+    mean = num / den.clamp(min=1e-30)[:, None]
+    return torch.log_softmax(mean, dim=1) if vote_space == "logits" else torch.log(mean + 1e-6)
 
 
 def scene_loss(net: FrameVoteNet, scene: FrameVoteScene, uniform: bool = False) -> tuple[torch.Tensor, float]:
     """(cross-entropy, accuracy) of the voted supervised voxels (only those with an observation)."""
     log_w = torch.zeros(len(scene.voxel)) if uniform else net(scene.cues)
-    log_s = voted(scene, log_w)
+    log_s = voted(scene, log_w, net.vote_space)
     seen = torch.zeros(len(scene.labels), dtype=torch.bool)
     seen[scene.voxel] = True
     loss = torch.nn.functional.nll_loss(log_s[seen], scene.labels[seen])
@@ -150,7 +156,7 @@ def train(scenes: list, val_scenes: list, config: FrameVoteTrainConfig, progress
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
-    net = FrameVoteNet(config.hidden_dim)
+    net = FrameVoteNet(config.hidden_dim, config.vote_space)
     cues = torch.cat([s.cues for s in scenes])
     net.cue_mean.copy_(cues.mean(0))
     net.cue_std.copy_(cues.std(0) + 1e-3)
@@ -199,7 +205,7 @@ def run_training(out_path, train_seeds: list, val_seeds: list, config: FrameVote
     """Collect the scenes, train, write the checkpoint, its loss plot (.png) and return its meta."""
     from pathlib import Path
 
-    from semantic_mapping.semantics.voting_train import require_development_seeds
+    from semantic_mapping.sim.sequence import require_development_seeds
 
     require_development_seeds(list(train_seeds) + list(val_seeds))
     torch.set_num_threads(1)

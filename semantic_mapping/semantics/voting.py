@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semantic_mapping.semantics.bayesian import LOGIT_EPS
 from semantic_mapping.semantics.keyframes import sample_pairs
 
 GEOMETRY_DIM = 11
@@ -166,7 +167,7 @@ class VotingNet(nn.Module):
         weights = torch.softmax(vote_logits.masked_fill(~any_view, 0.0), dim=-1) * any_view  # [P, N]
         if self.vote_space == "probabilities":
             return (weights.unsqueeze(-1) * probs).sum(1)
-        logits = (weights.unsqueeze(-1) * torch.log(probs + _LOG_EPS)).sum(1)  # [P, C]
+        logits = (weights.unsqueeze(-1) * torch.log(probs + LOGIT_EPS)).sum(1)  # [P, C]
         return torch.softmax(logits, dim=-1) * any_view
 
 

@@ -107,6 +107,11 @@ class SoftVoting:
         return weights
 
     @property
+    def frame_vote_space(self) -> str:
+        """What the frame votes average: "logits" only with frame-vote weights trained for them."""
+        return "probabilities" if self.frame_net is None else self.frame_net.vote_space
+
+    @property
     def semantic_prior(self):
         """`VoxelMap.integrate`'s semantic_prior: the geometry prior, or None when it is off."""
         return self.observation_log_prior if self.config.geometry_prior and self.config.prior_weight > 0 else None
@@ -176,7 +181,7 @@ class SoftVoting:
             votes = self.vote(vmap, torch.from_numpy(voxels * vmap.voxel_size_m).float())  # [B, C]
             has_vote = (votes.sum(1) > 0).numpy()
             vmap.fuse_distributions(voxels[has_vote], votes.numpy()[has_vote], self.config.vote_weight,
-                                    average=self.config.frame_votes)
+                                    average=self.frame_vote_space if self.config.frame_votes else None)
             self.stats.voxels_without_view += int((~has_vote).sum())
         if len(todo):
             self.stats.voxels_voted += len(todo)
