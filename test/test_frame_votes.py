@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from semantic_mapping.config import FusionConfig, MapperConfig, SemanticFusionConfig, VotingConfig
+from semantic_mapping.eval.voting_bench import FRAME_VOTE_LOGITS_WEIGHTS
 from semantic_mapping.fusion.voxel_map import VoxelMap
 from semantic_mapping.pipeline import Mapper
 from semantic_mapping.semantics.bayesian import PixelSemantics
@@ -176,12 +177,15 @@ def test_unusable_frame_vote_weights_fall_back_to_bayesian(world, tmp_path, capl
     assert_same_map(mapper, bayesian)
 
 
-def test_shipped_frame_vote_weights_come_from_development_seeds_and_beat_equal_weights():
-    net, meta = load_checkpoint(SHIPPED_WEIGHTS)
+@pytest.mark.parametrize("path, vote_space", [(SHIPPED_WEIGHTS, "probabilities"),
+                                              (FRAME_VOTE_LOGITS_WEIGHTS, "logits")])
+def test_shipped_frame_vote_weights_come_from_development_seeds_and_beat_equal_weights(path, vote_space):
+    net, meta = load_checkpoint(path)
+    assert net.vote_space == vote_space
     seeds = set(meta["train_seeds"]) | set(meta["val_seeds"])
     assert seeds and all(s in DEVELOPMENT_SEEDS for s in seeds)
     assert meta["val_learned"]["cross_entropy"] < meta["val_uniform"]["cross_entropy"]
-    assert SHIPPED_WEIGHTS.stat().st_size < 100_000
+    assert path.stat().st_size < 100_000
 
 
 def test_maps_saved_before_frame_votes_still_load(tmp_path, world):  # noqa: F811

@@ -179,7 +179,7 @@ def train(scenes: list, val_scenes: list, config: FrameVoteTrainConfig, progress
     return net.eval(), history
 
 
-def plot_history(history: FrameVoteHistory, uniform_val_loss: float, path) -> None:
+def plot_history(history: FrameVoteHistory, uniform_val_loss: float, path, vote_space: str = "probabilities") -> None:
     """Loss curves (and the equal-weight vote's validation loss) as a PNG."""
     import matplotlib
 
@@ -194,7 +194,7 @@ def plot_history(history: FrameVoteHistory, uniform_val_loss: float, path) -> No
     ax.axhline(uniform_val_loss, color="grey", linestyle="--", label="validation, equal weights")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy vs held-out 2D labels")
-    ax.set_title("frame-vote weights")
+    ax.set_title(f"frame-vote weights (votes over {vote_space})")
     ax.legend()
     write_figure_png(fig, path)
     plt.close(fig)
@@ -228,7 +228,7 @@ def run_training(out_path, train_seeds: list, val_seeds: list, config: FrameVote
             "segmenter": "simulated, default SegmenterSimConfig"}
     save_checkpoint(out_path, net, meta)
     atomic_write_bytes(out_path.with_suffix(".json"), json.dumps({"meta": meta, "history": asdict(history)}, indent=1).encode())
-    plot_history(history, meta["val_uniform"]["cross_entropy"], out_path.with_suffix(".png"))
+    plot_history(history, meta["val_uniform"]["cross_entropy"], out_path.with_suffix(".png"), config.vote_space)
     log.info("frame votes: validation cross-entropy %.4f (equal weights %.4f), accuracy %.4f (%.4f)",
              meta["val_learned"]["cross_entropy"], meta["val_uniform"]["cross_entropy"],
              meta["val_learned"]["accuracy"], meta["val_uniform"]["accuracy"])
