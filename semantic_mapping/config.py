@@ -165,7 +165,8 @@ class VotingConfig:
     GNeSF Eq. 4 over all views); the keyframe votes join that mean. False: frames multiply the
     distribution as in Bayesian fusion and the keyframe votes multiply it too."""
     frame_vote_weights: Optional[str] = None
-    """Frame-vote network checkpoint; None: the weights shipped in the package."""
+    """Frame-vote network checkpoint; None: the weights shipped in the package. Its votes average
+    probabilities, or logits when it was trained for them (`train-voting --frame-votes --vote-space`)."""
     keyframe_votes: bool = False
     """Keyframes vote the voxels they see (GNeSF Eq. 3-4 over the `views_per_voxel` nearest keyframes that
     pass the visibility test, from their image features, the TSDF geometry and the displacement) and

@@ -202,9 +202,9 @@ class Mapper:
                  meta.get("val_uniform", {}).get("pixel_accuracy", float("nan")))
         if voting.frame_net is not None:
             frame = meta["frame_votes"]
-            log.info("semantics: frames vote into weighted means, weights %s (trained on seeds %s, validation "
-                     "accuracy %.3f vs %.3f equal weights)", cfg.frame_vote_weights or "shipped",
-                     frame.get("train_seeds", "?"), frame.get("val_learned", {}).get("accuracy", float("nan")),
+            log.info("semantics: frames vote into weighted means of their %s, weights %s (trained on seeds %s, "
+                     "validation accuracy %.3f vs %.3f equal weights)", voting.frame_vote_space,
+                     cfg.frame_vote_weights or "shipped", frame.get("train_seeds", "?"), frame.get("val_learned", {}).get("accuracy", float("nan")),
                      frame.get("val_uniform", {}).get("accuracy", float("nan")))
         return voting
 
