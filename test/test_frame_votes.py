@@ -53,14 +53,27 @@ def test_cues_on_planes_facing_and_tilted():
     assert not normals[1:].any()  # no normal without both neighbours (top row, right column)
 
 
-def test_the_map_keeps_the_weighted_mean_of_the_frame_votes():
-    vmap = VoxelMap(FusionConfig(voxel_size_m=0.05, device="cpu"), 4, SemanticFusionConfig(context_iterations=0))
-    depth = np.full((120, 160), 1.5, np.float32)
+WALL_VOXELS = np.stack(np.meshgrid(np.arange(-5, 5), np.arange(-5, 5), [30], indexing="ij"), -1).reshape(-1, 3)
+"""[100, 3] voxels (5 cm) of the wall `wall_map` sees."""
+
+
+def wall_map(semantics: SemanticFusionConfig) -> VoxelMap:
+    """A 4-class map of a wall 1.5 m in front of the camera, integrated three times without semantics."""
+    vmap = VoxelMap(FusionConfig(voxel_size_m=0.05, device="cpu"), 4, semantics)
     for _ in range(3):
-        vmap.integrate(depth, np.zeros((120, 160, 3), np.uint8), INTR, np.eye(4))
-    index = np.stack(np.meshgrid(np.arange(-5, 5), np.arange(-5, 5), [30], indexing="ij"), -1).reshape(-1, 3)
-    rng = np.random.default_rng(0)
-    observations = [(rng.dirichlet(np.ones(4), len(index)).astype(np.float32), w) for w in (0.5, 3.0, 1.5)]
+        vmap.integrate(np.full((120, 160), 1.5, np.float32), np.zeros((120, 160, 3), np.uint8), INTR, np.eye(4))
+    return vmap
+
+
+def random_observations(seed: int) -> list:
+    """Three (class probabilities [100, 4], weight) observations of WALL_VOXELS."""
+    rng = np.random.default_rng(seed)
+    return [(rng.dirichlet(np.ones(4), len(WALL_VOXELS)).astype(np.float32), w) for w in (0.5, 3.0, 1.5)]
+
+
+def test_the_map_keeps_the_weighted_mean_of_the_frame_votes():
+    vmap, index = wall_map(SemanticFusionConfig(context_iterations=0)), WALL_VOXELS
+    observations = random_observations(0)
     for probs, w in observations:
         assert vmap.fuse_distributions(index, probs, w, average="probabilities") == len(index)
     expected = sum(w * p for p, w in observations) / sum(w for _, w in observations)
@@ -69,11 +82,8 @@ def test_the_map_keeps_the_weighted_mean_of_the_frame_votes():
     assert np.allclose(vmap._flat("semantic_weight")[torch.from_numpy(vmap.lookup(index)[0])].numpy(), 5.0)
     assert (values["semantic_count"] == 3).all()
     # a distribution fused by another method before (Bayesian product) counts as one vote of weight 1
-    before = rng.dirichlet(np.ones(4), len(index)).astype(np.float32)
-    other = VoxelMap(FusionConfig(voxel_size_m=0.05, device="cpu"), 4, SemanticFusionConfig(context_iterations=0,
-                                                                                           probability_floor=1e-6))
-    for _ in range(3):
-        other.integrate(depth, np.zeros((120, 160, 3), np.uint8), INTR, np.eye(4))
+    before = np.random.default_rng(1).dirichlet(np.ones(4), len(index)).astype(np.float32)
+    other = wall_map(SemanticFusionConfig(context_iterations=0, probability_floor=1e-6))
     other.fuse_distributions(index, before, 1.0)
     other.fuse_distributions(index, observations[0][0], 3.0, average="probabilities")
     expected = (before + 3.0 * observations[0][0]) / 4.0
@@ -81,15 +91,10 @@ def test_the_map_keeps_the_weighted_mean_of_the_frame_votes():
 
 
 def test_votes_over_logits_keep_the_weighted_mean_of_the_log_probabilities():
-    vmap = VoxelMap(FusionConfig(voxel_size_m=0.05, device="cpu"), 4, SemanticFusionConfig(context_iterations=0))
-    depth = np.full((120, 160), 1.5, np.float32)
-    for _ in range(3):
-        vmap.integrate(depth, np.zeros((120, 160, 3), np.uint8), INTR, np.eye(4))
-    index = np.stack(np.meshgrid(np.arange(-5, 5), np.arange(-5, 5), [30], indexing="ij"), -1).reshape(-1, 3)
-    rng = np.random.default_rng(1)
-    observations = [(rng.dirichlet(np.ones(4), len(index)).astype(np.float32), w) for w in (0.5, 3.0, 1.5)]
+    vmap, index = wall_map(SemanticFusionConfig(context_iterations=0)), WALL_VOXELS
+    observations = random_observations(1)
     for probs, w in observations:
-        vmap.fuse_distributions(index, probs, w, average="logits")
+        assert vmap.fuse_distributions(index, probs, w, average="logits") == len(index)
     mean_log = sum(w * np.log(p + 1e-6) for p, w in observations) / sum(w for _, w in observations)
     expected = np.exp(mean_log) / np.exp(mean_log).sum(1, keepdims=True)
     assert np.abs(vmap.voxel_values(index, with_probs=True)["class_probs"] - expected).max() < 2e-3
