@@ -14,6 +14,7 @@ from semantic_mapping.semantics.bayesian import PixelSemantics
 from semantic_mapping.semantics.frame_votes import (
     CUE_NAMES,
     SHIPPED_WEIGHTS,
+    FrameVoteCheckpointError,
     FrameVoteNet,
     pixel_normals,
     frame_cues,
@@ -163,6 +164,10 @@ def test_checkpoint_round_trip(tmp_path):
     cues = np.random.default_rng(0).uniform(0, 3, (50, len(CUE_NAMES))).astype(np.float32)
     assert np.allclose(loaded.weights(cues), net.weights(cues)) and meta["train_seeds"] == [1]
     assert loaded.vote_space == "logits"
+    data = torch.load(path, weights_only=True)
+    torch.save({**data, "vote_space": "medians"}, path)
+    with pytest.raises(FrameVoteCheckpointError, match="medians"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])

@@ -1,7 +1,8 @@
 """`semantic-mapping bench`: a fixed suite on held-out scenes, one table, optional JSON records.
 
 Every figure is measured in this process on the benchmark seeds (sim.sequence.BENCHMARK_SEEDS; the
-voting stage on sim.sequence.VOTING_BENCHMARK_SEEDS), beside its reference where the figure is a comparison. Figures are records
+voting stage on sim.sequence.VOTING_BENCHMARK_SEEDS), beside its reference where the figure is a
+comparison. Figures are records
 {"name": "<stage>.<metric>", "value": number, "unit": str, "seeds": [...], "detail": {...}}.
 """
 
@@ -155,9 +156,10 @@ def collect_figures(quick: bool = False, progress: bool = True, only: tuple = ST
     from semantic_mapping.eval.voting_bench import voting_figures
     from semantic_mapping.sim.sequence import BENCHMARK_SEEDS, VOTING_BENCHMARK_SEEDS
 
-    voting_seeds = seeds or list(VOTING_BENCHMARK_SEEDS[:1] if quick else VOTING_BENCHMARK_SEEDS)
+    voting_seeds = seeds
     if seeds is None:
         seeds = list(BENCHMARK_SEEDS[:1] if quick else BENCHMARK_SEEDS)
+        voting_seeds = list(VOTING_BENCHMARK_SEEDS[:1] if quick else VOTING_BENCHMARK_SEEDS)
     num_frames = QUICK_FRAMES if quick else SUITE_FRAMES
     figures = []
     if "fusion" in only:

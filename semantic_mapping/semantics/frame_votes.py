@@ -105,7 +105,8 @@ def save_checkpoint(path, net: FrameVoteNet, meta: dict) -> None:
 
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "cues": list(CUE_NAMES),
-                "hidden_dim": net.mlp[0].out_features, "vote_space": net.vote_space, "state_dict": net.state_dict(), "meta": meta}, buffer)
+                "hidden_dim": net.mlp[0].out_features, "vote_space": net.vote_space, "state_dict": net.state_dict(),
+                "meta": meta}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -115,12 +116,9 @@ def load_checkpoint(path) -> tuple[FrameVoteNet, dict]:
     if data.get("version") != CHECKPOINT_VERSION or tuple(data.get("cues", ())) != CUE_NAMES:
         raise FrameVoteCheckpointError(f"{path} was made for other cues or another version: retrain it with "
                                        "`semantic-mapping train-voting --frame-votes`")
-    vote_space = data.get("vote_space", "probabilities")  # checkpoints from before the logits ablation
-    if vote_space not in VOTE_SPACES:
-        raise FrameVoteCheckpointError(f"{path} votes in an unknown space {vote_space!r}")
-    net = FrameVoteNet(hidden_dim=data["hidden_dim"], vote_space=vote_space)
-    try:
+    try:  # checkpoints from before the logits ablation vote over probabilities
+        net = FrameVoteNet(hidden_dim=data["hidden_dim"], vote_space=data.get("vote_space", "probabilities"))
         net.load_state_dict(data["state_dict"])
-    except (RuntimeError, KeyError) as exc:
+    except (RuntimeError, KeyError, ValueError) as exc:
         raise FrameVoteCheckpointError(f"{path} does not match the frame-vote network: {exc}") from exc
     return net.eval(), data.get("meta", {})
