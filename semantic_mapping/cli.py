@@ -245,15 +245,12 @@ def cmd_run(args) -> int:
 
 def cmd_bench(args) -> int:
     from semantic_mapping.eval.bench import STAGES, run_benchmark
-    from semantic_mapping.sim.sequence import DEVELOPMENT_SEEDS
+    from semantic_mapping.sim.sequence import DEVELOPMENT_SEEDS, parse_seeds
 
     only = tuple(args.only) if args.only else STAGES
     seeds = None
     if args.seeds:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",")]
-        except ValueError:
-            raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+        seeds = parse_seeds(args.seeds)
         outside = [s for s in seeds if s not in DEVELOPMENT_SEEDS]
         if outside:
             raise ValueError(f"--seeds: {outside} are not development seeds ({DEVELOPMENT_SEEDS.start}-"
@@ -265,7 +262,8 @@ def cmd_train_voting(args) -> int:
     import torch
 
     from semantic_mapping.semantics.voting_data import TrainingDataConfig
-    from semantic_mapping.semantics.voting_train import TrainConfig, parse_seeds, run_training
+    from semantic_mapping.semantics.voting_train import TrainConfig, run_training
+    from semantic_mapping.sim.sequence import parse_seeds
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -289,7 +287,7 @@ def cmd_train_voting(args) -> int:
 def _train_frame_votes(args) -> int:
     from semantic_mapping.semantics.frame_votes_train import FrameVoteTrainConfig, run_training
     from semantic_mapping.semantics.label_space import default_label_space
-    from semantic_mapping.semantics.voting_train import parse_seeds
+    from semantic_mapping.sim.sequence import parse_seeds
 
     out = Path(args.out)
     config = FrameVoteTrainConfig(num_frames=args.frames, steps=args.steps or FrameVoteTrainConfig.steps, seed=args.seed,
@@ -310,7 +308,7 @@ def cmd_train_completion(args) -> int:
     from semantic_mapping.completion.network import CompletionNetworkConfig
     from semantic_mapping.completion.train import CompletionTrainConfig, run_training
     from semantic_mapping.semantics.label_space import default_label_space
-    from semantic_mapping.semantics.voting_train import parse_seeds
+    from semantic_mapping.sim.sequence import parse_seeds
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -450,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer frames and scenes (smoke run, not for reporting)")
     p.add_argument("--only", action="append", choices=STAGES,
                    help="run only this part of the suite (repeatable; default: all)")
-    p.add_argument("--seeds", help="comma-separated development seeds instead of the benchmark's (development "
-                                   "runs, not for reporting), e.g. 0,2,3,4")
+    p.add_argument("--seeds", help="development seeds instead of the benchmark's (development runs, not for "
+                                   "reporting), e.g. '0,2-4' or '200-209'")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("render", help="render a saved map as Gaussian splats from a camera pose: rgb, "

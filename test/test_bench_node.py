@@ -42,5 +42,14 @@ def test_bench_runs_development_seeds_only_when_asked(capsys):
 
     assert main(["bench", "--only", "objects", "--seeds", "1001"]) == 2
     assert "not development seeds" in capsys.readouterr().err
+    assert main(["bench", "--only", "objects", "--seeds", "998-1001"]) == 2  # a range reaching into the held-out seeds
+    assert "[1000, 1001] are not development seeds" in capsys.readouterr().err
     assert main(["bench", "--only", "objects", "--seeds", "two"]) == 2
-    assert "comma-separated integers" in capsys.readouterr().err
+    assert "expected seeds such as '20-31,40', got 'two'" in capsys.readouterr().err
+
+
+def test_parse_seeds_reads_lists_and_ranges():
+    from semantic_mapping.sim.sequence import parse_seeds
+
+    assert parse_seeds("200-202, 5") == [200, 201, 202, 5]
+    assert parse_seeds("7") == [7]

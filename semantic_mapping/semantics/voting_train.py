@@ -176,15 +176,6 @@ def plot_history(history: History, path, title: str = "soft voting training") ->
     write_figure_png(fig, path)
 
 
-def parse_seeds(text: str) -> list:
-    """'20-31,40' -> [20, ..., 31, 40]."""
-    seeds = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        seeds += list(range(int(lo), int(hi or lo) + 1))
-    return seeds
-
-
 def run_training(out_path, train_seeds: list, val_seeds: list, data: TrainingDataConfig, config: TrainConfig,
                  vote_space: str = "probabilities", voxel_size_m: float = 0.04) -> dict:
     """Prepare the scenes, train, and write the checkpoint (`out_path`), its loss plot (.png) and its

@@ -33,6 +33,18 @@ DEMO_SEED = 7
 """The embedded default scene of `semantic-mapping demo` (a development seed)."""
 
 
+def parse_seeds(text: str) -> list:
+    """'20-31,40' -> [20, ..., 31, 40]; ValueError says what was expected."""
+    seeds = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            seeds += list(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise ValueError(f"expected seeds such as '20-31,40', got {text!r}") from None
+    return seeds
+
+
 def require_development_seeds(seeds) -> None:
     """Refuse seeds outside DEVELOPMENT_SEEDS (ValueError): the others are held out from training."""
     held_out = sorted(s for s in set(seeds) if s not in DEVELOPMENT_SEEDS)
