@@ -30,6 +30,14 @@ def test_voting_gain_reports_each_scene_and_the_standard_error(monkeypatch):
     assert "per scene +2.0, +6.0, +1.0 (standard error 1.5)" in table
 
 
+def test_one_scene_has_no_standard_error(monkeypatch):
+    monkeypatch.setattr(voting_bench, "voting_scene", lambda seed, n, variants, v, hard_noise=False, progress=True:
+                        _scene(seed, variants, 0.70, 0.72))
+    figures = voting_bench.voting_figures([7], 10, 0.04, progress=False)
+    table = bench.format_table(figures)
+    assert "one scene +2.0 (no standard error from one scene)" in table and "nan" not in table
+
+
 def test_the_voting_stage_reads_its_own_ten_held_out_scenes(monkeypatch):
     from semantic_mapping.sim.sequence import BENCHMARK_SEEDS, DEVELOPMENT_SEEDS, VOTING_BENCHMARK_SEEDS
 

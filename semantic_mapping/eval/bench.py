@@ -238,8 +238,10 @@ def node_figures(quick: bool = False) -> list:
 
 
 def _gain_spread(detail: dict) -> str:
-    """Per-scene gains and the standard error of their mean, as a table cell."""
+    """Per-scene gains and the standard error of their mean (none from one scene), as a table cell."""
     gains = ", ".join(f"{g:+.1f}" for g in detail["gain_per_seed"].values())
+    if len(detail["gain_per_seed"]) < 2:
+        return f"one scene {gains} (no standard error from one scene)"
     return f"per scene {gains} (standard error {detail['gain_standard_error']:.1f})"
 
 
