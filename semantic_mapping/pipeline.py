@@ -204,7 +204,8 @@ class Mapper:
             frame = meta["frame_votes"]
             log.info("semantics: frames vote into weighted means of their %s, weights %s (trained on seeds %s, "
                      "validation accuracy %.3f vs %.3f equal weights)", voting.frame_vote_space,
-                     cfg.frame_vote_weights or "shipped", frame.get("train_seeds", "?"), frame.get("val_learned", {}).get("accuracy", float("nan")),
+                     cfg.frame_vote_weights or "shipped", frame.get("train_seeds", "?"),
+                     frame.get("val_learned", {}).get("accuracy", float("nan")),
                      frame.get("val_uniform", {}).get("accuracy", float("nan")))
         return voting
 

@@ -3,7 +3,7 @@
 Every figure is measured in this process on the benchmark seeds (sim.sequence.BENCHMARK_SEEDS; the
 voting stage on sim.sequence.VOTING_BENCHMARK_SEEDS), beside its reference where the figure is a
 comparison. Figures are records
-{"name": "<stage>.<metric>", "value": number, "unit": str, "seeds": [...], "detail": {...}}.
+    {"name": "<stage>.<metric>", "value": number, "unit": str, "seeds": [...], "detail": {...}}.
 """
 
 from __future__ import annotations
